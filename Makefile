@@ -1,0 +1,47 @@
+# s4c: the two commands a fresh machine needs are `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp-install
+
+.PHONY: setup run serve test lint gpu-check bench clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# torch first, pinned to the CPU build on this machine's disk: an unpinned torch pulls a CUDA build.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## setup: venv, install, default model fetched and converted (idempotent)
+setup: $(STAMP)
+	$(BIN)/s4c model fetch
+
+## run: the service on embedded defaults runs the bundled demo job end to end, then stops
+run: setup
+	$(BIN)/s4c serve --demo
+
+## serve: as run, but the service stays up (Ctrl-C stops it)
+serve: setup
+	$(BIN)/s4c serve --demo --keep-running
+
+## test: the whole suite (what .ci/run calls)
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy jobs api worker s4c
+	$(BIN)/lint-imports
+
+## gpu-check: engine tests on a CUDA device in fp32 and bf16/fp16 (run on a GPU machine)
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

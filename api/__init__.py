@@ -1,0 +1,4 @@
+"""api: the Flask REST API (app factory, blueprints, validation, problem+json errors).
+
+Imports `jobs` and the torch-free parts of `s4c_engine` only; never torch, never `worker`.
+"""

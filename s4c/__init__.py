@@ -1,0 +1,1 @@
+"""s4c: the command line (`s4c`), the Python client and the embedded launcher."""

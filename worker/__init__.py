@@ -1,0 +1,1 @@
+"""worker: Celery entry point, thin tasks and the per-process model runtime."""
