@@ -1,0 +1,268 @@
+"""Draft heads: K small heads on the target's last hidden state that propose future tokens.
+
+Two kinds share one interface, chosen by `HeadConfig.kind`:
+- "s4c": head i sees h_t and the frozen target embeddings of the root token and of the i tokens
+  drafted before it on the same path (sequential dependence, as in Hydra), so a path is coherent;
+- "medusa": independent heads on h_t only (the baseline).
+The vocabulary projection is the target's frozen lm_head restricted to a draft vocabulary.
+This module neither builds trees nor trains; it owns the weights, their file format and checks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from s4c_engine.errors import HeadsMismatchError
+
+HeadKind = Literal["s4c", "medusa"]
+
+CONFIG_FILE = "head_config.json"
+WEIGHTS_FILE = "heads.safetensors"
+FORMAT_VERSION = 1
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Structure of a set of draft heads and the target they were built for.
+
+    `draft_vocab_size == vocab_size` means the heads draft over the full vocabulary.
+    """
+
+    kind: HeadKind = "s4c"
+    num_heads: int = 4
+    num_layers: int = 1
+    draft_vocab_size: int = 8192
+    target_name: str = ""
+    target_arch: str = ""
+    hidden_size: int = 0
+    vocab_size: int = 0
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("s4c", "medusa"):
+            raise ValueError(f"unknown head kind {self.kind!r}")
+        if self.num_heads < 1 or self.num_layers < 1:
+            raise ValueError("num_heads and num_layers must be >= 1")
+        if not 0 < self.draft_vocab_size <= self.vocab_size:
+            raise ValueError("draft_vocab_size must be in [1, vocab_size]")
+
+    @classmethod
+    def for_target(cls, model: nn.Module, target_name: str, **fields: object) -> HeadConfig:
+        """A config matching `model` (a HF causal LM); `fields` override kind, sizes, ..."""
+        cfg = model.config  # type: ignore[union-attr]
+        vocab = int(cfg.vocab_size)
+        fields.setdefault("draft_vocab_size", min(8192, vocab))
+        return cls(
+            target_name=target_name,
+            target_arch=str(cfg.model_type),
+            hidden_size=int(cfg.hidden_size),
+            vocab_size=vocab,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    def check_target(self, model: nn.Module, target_name: str) -> None:
+        """Raise HeadsMismatchError unless these heads were built for this target."""
+        cfg = model.config  # type: ignore[union-attr]
+        found = {
+            "target_name": target_name,
+            "target_arch": str(cfg.model_type),
+            "hidden_size": int(cfg.hidden_size),
+            "vocab_size": int(cfg.vocab_size),
+        }
+        wrong = [
+            f"{k}: heads {getattr(self, k)!r} != target {v!r}"
+            for k, v in found.items()
+            if getattr(self, k) != v
+        ]
+        if wrong:
+            raise HeadsMismatchError(
+                "draft heads do not fit this target (" + "; ".join(wrong) + ")"
+            )
+
+
+class ResBlock(nn.Module):
+    """x + SiLU(W x + b) with W zero-initialised, so a new block is the identity."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(size, size)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.linear(x))
+
+
+class DraftHeads(nn.Module):
+    """K draft heads; head i predicts the token i+2 positions after the hidden state's position.
+
+    Trainable: the per-head input projections (s4c only) and ResBlocks. Frozen and shared with
+    the target (non-persistent buffers, never saved): the input embedding table and the lm_head
+    rows of the draft vocabulary. A new head starts as "predict the next token" (identity).
+    """
+
+    def __init__(
+        self,
+        config: HeadConfig,
+        embed_weight: torch.Tensor,
+        lm_head_weight: torch.Tensor,
+        draft_vocab: torch.Tensor,
+    ) -> None:
+        """embed_weight, lm_head_weight: (V, D) target tensors; draft_vocab: (Vd,) target ids."""
+        super().__init__()
+        d, v = config.hidden_size, config.vocab_size
+        if embed_weight.shape != (v, d) or lm_head_weight.shape != (v, d):
+            raise HeadsMismatchError("target embedding / lm_head shapes do not match HeadConfig")
+        if draft_vocab.shape != (config.draft_vocab_size,):
+            raise HeadsMismatchError("draft_vocab length does not match HeadConfig")
+        self.config = config
+        draft_vocab = draft_vocab.to(device=embed_weight.device, dtype=torch.long)
+        is_full = config.draft_vocab_size == v and bool(
+            torch.equal(draft_vocab, torch.arange(v, device=draft_vocab.device))
+        )
+        target_to_draft = torch.full((v,), -1, dtype=torch.long, device=draft_vocab.device)
+        target_to_draft[draft_vocab] = torch.arange(len(draft_vocab), device=draft_vocab.device)
+        self.register_buffer("draft_vocab", draft_vocab)  # (Vd,) saved with the weights
+        self.register_buffer("target_to_draft", target_to_draft, persistent=False)  # (V,)
+        self.register_buffer("embed_weight", embed_weight.detach(), persistent=False)  # (V, D)
+        # Sliced once here: drafting never touches the full (V, D) projection.
+        rows = lm_head_weight.detach() if is_full else lm_head_weight.detach()[draft_vocab]
+        self.register_buffer("draft_lm_head", rows, persistent=False)  # (Vd, D)
+        self.input_proj = nn.ModuleList()
+        if config.kind == "s4c":
+            for i in range(config.num_heads):
+                proj = nn.Linear((i + 2) * d, d, bias=False)
+                with torch.no_grad():
+                    proj.weight.zero_()
+                    proj.weight[:, :d] = torch.eye(d)  # start by passing h_t through
+                self.input_proj.append(proj)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(*[ResBlock(d) for _ in range(config.num_layers)])
+            for _ in range(config.num_heads)
+        )
+        self.to(device=embed_weight.device, dtype=embed_weight.dtype)
+
+    @property
+    def num_heads(self) -> int:
+        return self.config.num_heads
+
+    # ---- construction and files ------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, config: HeadConfig, model: nn.Module, draft_vocab: torch.Tensor | None = None
+    ) -> DraftHeads:
+        """New (untrained, identity-start) heads on `model`'s frozen embedding and lm_head.
+
+        draft_vocab: (Vd,) target ids, ideally the most frequent tokens; default the first Vd ids
+        (BPE vocabularies list frequent merges first).
+        """
+        if draft_vocab is None:
+            draft_vocab = torch.arange(config.draft_vocab_size)
+        embed = model.get_input_embeddings().weight  # type: ignore[operator]
+        lm_head = model.get_output_embeddings().weight  # type: ignore[operator]
+        return cls(config, embed, lm_head, draft_vocab)
+
+    @classmethod
+    def load(cls, path: Path, model: nn.Module, target_name: str) -> DraftHeads:
+        """Load heads saved by `save` for `model`; HeadsMismatchError if built for another."""
+        path = Path(path)
+        raw = json.loads((path / CONFIG_FILE).read_text())
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise HeadsMismatchError(
+                f"{path}: unsupported heads format {raw.get('format_version')}"
+            )
+        config = HeadConfig(**raw)
+        config.check_target(model, target_name)
+        state = load_file(str(path / WEIGHTS_FILE))
+        heads = cls.create(config, model, state["draft_vocab"])
+        heads.load_state_dict(state, strict=True)
+        return heads
+
+    def save(self, path: Path) -> None:
+        """Write `head_config.json` and `heads.safetensors` (trainable weights + draft_vocab)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: t.detach().to("cpu").contiguous() for k, t in self.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_FILE))
+        (path / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    # ---- inference ---------------------------------------------------------------------------
+
+    def head_features(
+        self, head: int, hidden: torch.Tensor, path_tokens: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Head `head`'s output features before the vocabulary projection.
+
+        hidden: (..., D) target last hidden state h_t; path_tokens: (..., head+1) target ids
+        [root, draft_1, ..., draft_head] on the path (ignored by medusa heads). Returns (..., D).
+        """
+        x = hidden
+        if self.config.kind == "s4c":
+            if path_tokens is None or path_tokens.shape[-1] != head + 1:
+                raise ValueError(f"s4c head {head} needs {head + 1} path tokens")
+            emb = self.embed_weight[path_tokens]  # (..., head+1, D)
+            x = self.input_proj[head](torch.cat([hidden.unsqueeze(-2), emb], -2).flatten(-2))
+        return self.blocks[head](x)
+
+    def head_logits(
+        self, head: int, hidden: torch.Tensor, path_tokens: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Logits over the draft vocabulary, (..., Vd); see `head_features` for the inputs."""
+        return self.head_features(head, hidden, path_tokens) @ self.draft_lm_head.T
+
+    def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Map draft-vocabulary indices to target token ids (same shape)."""
+        return self.draft_vocab[draft_ids]
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits of every head at every position, (K, B, T, Vd).
+
+        hidden: (B, T, D) target last hidden states (after the final norm) for `input_ids`
+        (B, T). Head i at position t predicts input_ids[t + i + 2], conditioned (s4c) on
+        input_ids[t + 1 .. t + i + 1]. Positions past the end see padding; `training_targets`
+        marks them IGNORE_INDEX.
+        """
+        b, t = input_ids.shape
+        padded = torch.cat([input_ids, input_ids.new_zeros(b, self.num_heads + 1)], dim=1)
+        # shifted[..., j] = input_ids[t + 1 + j]
+        shifted = torch.stack([padded[:, 1 + j : 1 + j + t] for j in range(self.num_heads)], -1)
+        out = [
+            self.head_logits(
+                i, hidden, shifted[..., : i + 1] if self.config.kind == "s4c" else None
+            )
+            for i in range(self.num_heads)
+        ]
+        return torch.stack(out)
+
+    def training_targets(
+        self, input_ids: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Draft-vocab targets for `forward`'s logits, (K, B, T) long.
+
+        Entry [i, b, t] is the draft index of input_ids[b, t + i + 2], or IGNORE_INDEX where that
+        position is past the end, invalid (`valid` (B, T) bool, e.g. padding/prompt) or outside
+        the draft vocabulary.
+        """
+        b, t = input_ids.shape
+        k = self.num_heads
+        ids = torch.cat([input_ids, input_ids.new_zeros(b, k + 2)], dim=1)
+        ok = torch.zeros(b, t + k + 2, dtype=torch.bool, device=input_ids.device)
+        ok[:, :t] = True if valid is None else valid
+        out = []
+        for i in range(k):
+            tgt_ids, tgt_ok = ids[:, i + 2 : i + 2 + t], ok[:, i + 2 : i + 2 + t]
+            draft = self.target_to_draft[tgt_ids]
+            out.append(torch.where(tgt_ok & (draft >= 0), draft, IGNORE_INDEX))
+        return torch.stack(out)

@@ -1,0 +1,53 @@
+"""Tiny random causal LMs built from configs (no downloads) for engine tests.
+
+`tiny_model(arch)` returns a seeded, eval-mode fp32 model whose weights are scaled up so its
+greedy continuations are varied rather than one repeated token.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen2Config
+
+ARCHS = ("llama", "qwen2")
+TINY_VOCAB = 64
+
+
+def tiny_config(arch: str, *, vocab_size: int = TINY_VOCAB) -> PretrainedConfig:
+    """A two-layer config of the given family with grouped-query attention."""
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    if arch == "llama":
+        return LlamaConfig(**common, tie_word_embeddings=True)
+    if arch == "qwen2":
+        return Qwen2Config(**common, tie_word_embeddings=False)
+    raise ValueError(arch)
+
+
+def tiny_model(
+    arch: str = "llama",
+    *,
+    seed: int = 0,
+    vocab_size: int = TINY_VOCAB,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> torch.nn.Module:
+    """A seeded random model of `arch` in eval mode."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, vocab_size=vocab_size))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)  # sharper logits: fewer ties, varied continuations
+    return model.to(device=device, dtype=dtype).eval()
