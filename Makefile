@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-install
 
-.PHONY: setup run serve test lint gpu-check bench clean
+.PHONY: setup run serve test lint migrations-check ci gpu-check bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -29,15 +29,25 @@ run: setup
 serve: setup
 	$(BIN)/s4c serve --demo --keep-running
 
-## test: the whole suite (what .ci/run calls)
+## test: the whole suite (what .ci/run calls); PYTEST_ARGS adds options, e.g. "-m 'not slow'"
+PYTEST_ARGS ?= -q
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: setup
+## lint: ruff (lint and format), mypy, import-linter contracts
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy jobs api worker s4c
 	$(BIN)/lint-imports
+
+## migrations-check: alembic upgrade head + alembic check on fresh SQLite and PostgreSQL
+migrations-check: $(STAMP)
+	$(BIN)/python .ci/check_migrations.py
+
+## ci: what CI runs (services, lint, migrations check, tests)
+ci:
+	.ci/run
 
 ## gpu-check: engine tests on a CUDA device in fp32 and bf16/fp16 (run on a GPU machine)
 gpu-check: setup
