@@ -1,0 +1,313 @@
+"""Head training on the cached distillation data: soft cross-entropy to the target, frozen target.
+
+Head i at position g sees h_g and (s4c) the teacher-forced path token[g .. g+i] (the target's
+own greedy tokens) and learns the target's distribution at g+i+1 (top-k logits cached by
+`distill`, restricted to the draft vocabulary), weighted by depth_decay**i. AdamW, warmup then
+cosine decay, fixed seeds; a checkpoint every `checkpoint_every` steps lets a stopped run
+continue where it was. The target model is loaded only for its frozen embedding and lm_head.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from s4c_engine.heads import DraftHeads, HeadConfig, HeadKind
+from s4c_engine.training.data import PositionData, build_draft_vocab, load_splits
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+REPORT_FILE = "report.json"
+HEADS_DIR = "heads"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One head-training run; `out_dir` gets checkpoint.pt, heads/ and report.json."""
+
+    model_dir: Path
+    data_dir: Path
+    out_dir: Path
+    kind: HeadKind = "s4c"
+    target_name: str = ""  # default: model_dir's name
+    num_heads: int = 4
+    num_layers: int = 1
+    draft_vocab_size: int = 8192
+    steps: int = 2000
+    batch_size: int = 256  # positions per step
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    final_lr_fraction: float = 0.1
+    depth_decay: float = 0.8
+    noise: float = 0.0  # uniform noise on h_t (EAGLE-style augmentation), 0 = off
+    val_percent: float = 3.0
+    max_samples: int | None = None
+    val_positions: int = 20_000
+    checkpoint_every: int = 200
+    eval_every: int = 1000
+    stop_after: int | None = None  # pause at this step (checkpointed); rerun to continue
+    save_dtype: str = "float32"  # dtype of the written heads ("float16" halves the file)
+    seed: int = 0
+    threads: int | None = None
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Validation at one step: per-depth top-1 accuracy (head argmax == target's greedy token),
+    the share of positions where heads 0..i are all right (a teacher-forced chain) and loss."""
+
+    step: int
+    loss: float
+    top1: tuple[float, ...]
+    chain: tuple[float, ...]
+    positions: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    heads_dir: Path
+    steps: int
+    seconds: float
+    train_loss: float
+    evaluation: Evaluation
+    draft_vocab_coverage: float
+    train_positions: int
+    train_samples: int
+    history: tuple[Evaluation, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """hidden (B, D) fp32; path (B, K) target ids; teacher ids/values (K, B, k); valid (K, B)."""
+
+    hidden: torch.Tensor
+    path: torch.Tensor
+    teacher_ids: torch.Tensor
+    teacher_values: torch.Tensor
+    valid: torch.Tensor
+    greedy: torch.Tensor  # (K, B) target's greedy token at each head's position
+
+
+def make_batch(data: PositionData, idx: torch.Tensor, num_heads: int) -> Batch:
+    """Gather the rows of positions `idx` (B,): each must have depth_left >= 2."""
+    last = data.num_positions - 1
+    steps = torch.arange(num_heads + 1)
+    rows = (idx[:, None] + steps[None, :]).clamp(max=last)  # (B, K+1)
+    valid = data.depth_left[idx][None, :] > (steps[1:, None])  # (K, B)
+    tgt = rows[:, 1:].T  # (K, B)
+    return Batch(
+        hidden=data.hidden[idx].float(),
+        path=data.token[rows[:, :num_heads]],
+        teacher_ids=data.topk_ids[tgt],
+        teacher_values=data.topk_values[tgt].float(),
+        valid=valid,
+        greedy=data.token[tgt],
+    )
+
+
+def head_losses(
+    heads: DraftHeads, batch: Batch, noise: float = 0.0, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft cross-entropy per head (K,) and each head's draft argmax as target ids (K, B).
+
+    Teacher p = softmax of the cached top-k logits over those inside the draft vocabulary;
+    loss_i = mean over valid positions of -sum_v p(v) log q_i(v), q_i = softmax(head i).
+    """
+    hidden = batch.hidden
+    if noise > 0:
+        hidden = hidden + noise * (torch.rand(hidden.shape, generator=generator) - 0.5)
+    losses, preds = [], []
+    for i in range(heads.num_heads):
+        path = batch.path[:, : i + 1] if heads.config.kind == "s4c" else None
+        logq = torch.log_softmax(heads.head_logits(i, hidden, path), dim=-1)  # (B, Vd)
+        draft = heads.target_to_draft[batch.teacher_ids[i]]  # (B, k), -1 outside
+        inside = draft >= 0
+        p = torch.softmax(batch.teacher_values[i].masked_fill(~inside, -math.inf), dim=-1)
+        ok = batch.valid[i] & inside.any(-1)
+        ce = -(p.nan_to_num(0.0) * logq.gather(1, draft.clamp(min=0))).sum(-1)  # (B,)
+        losses.append((ce * ok).sum() / ok.sum().clamp(min=1))
+        preds.append(heads.to_target_ids(logq.argmax(-1)))
+    return torch.stack(losses), torch.stack(preds)
+
+
+def depth_weights(num_heads: int, decay: float) -> torch.Tensor:
+    w = torch.tensor([decay**i for i in range(num_heads)])
+    return w / w.sum()
+
+
+@torch.no_grad()
+def evaluate(heads: DraftHeads, data: PositionData, config: TrainConfig, step: int) -> Evaluation:
+    """Per-depth top-1 accuracy on (at most `val_positions` of) the validation split."""
+    heads.eval()
+    eligible = torch.nonzero(data.depth_left >= 2).squeeze(1)[: config.val_positions]
+    k = heads.num_heads
+    right, total, chain = torch.zeros(k), torch.zeros(k), torch.zeros(k)
+    loss_sum, batches = 0.0, 0
+    weights = depth_weights(k, config.depth_decay)
+    for start in range(0, len(eligible), 1024):
+        batch = make_batch(data, eligible[start : start + 1024], k)
+        losses, preds = head_losses(heads, batch)
+        loss_sum += float((losses * weights).sum())
+        batches += 1
+        hit = (preds == batch.greedy) & batch.valid  # (K, B)
+        right += hit.sum(1)
+        total += batch.valid.sum(1)
+        chain += (hit.cumprod(0).bool() & batch.valid).sum(1)
+    heads.train()
+    return Evaluation(
+        step=step,
+        loss=loss_sum / max(1, batches),
+        top1=tuple(float(r / max(1, t)) for r, t in zip(right, total)),
+        chain=tuple(float(c / max(1, t)) for c, t in zip(chain, total)),
+        positions=int(total[0]),
+    )
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warmup, then cosine from 1 down to `final_lr_fraction` at `steps`."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
+    return config.final_lr_fraction + (1 - config.final_lr_fraction) * cos
+
+
+def batch_indices(eligible: torch.Tensor, step: int, config: TrainConfig) -> torch.Tensor:
+    """Positions for `step`: epoch e is a permutation seeded by (seed, e), so resuming at any
+    step draws exactly what an uninterrupted run would have."""
+    per_epoch = max(1, len(eligible) // config.batch_size)
+    epoch, pos = divmod(step, per_epoch)
+    gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    perm = torch.randperm(len(eligible), generator=gen)
+    return eligible[perm[pos * config.batch_size : (pos + 1) * config.batch_size]]
+
+
+def _config_json(config: TrainConfig) -> dict[str, object]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+
+
+def train_heads(config: TrainConfig) -> TrainResult:
+    """Train (or resume training) one set of heads; write heads/, report.json; return result."""
+    from transformers import AutoModelForCausalLM
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = config.out_dir / CHECKPOINT_FILE
+    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None
+    # A resumed run reads exactly the samples it started with (the index is append-only).
+    limit = int(ckpt["num_samples"]) if ckpt is not None else config.max_samples
+    splits = load_splits(config.data_dir, config.val_percent, limit)
+    num_samples = splits.train.num_samples + splits.val.num_samples
+    model = AutoModelForCausalLM.from_pretrained(str(config.model_dir), dtype=torch.float32)
+    model.requires_grad_(False)
+    eos = model.generation_config.eos_token_id
+    eos_ids = (eos,) if isinstance(eos, int) else tuple(eos or ())
+    head_config = HeadConfig.for_target(
+        model,
+        config.target_name or config.model_dir.name,
+        kind=config.kind,
+        num_heads=config.num_heads,
+        num_layers=config.num_layers,
+        draft_vocab_size=min(config.draft_vocab_size, int(model.config.vocab_size)),
+    )
+    vocab = build_draft_vocab(
+        splits.train.token, head_config.draft_vocab_size, head_config.vocab_size, eos_ids
+    )
+    heads = DraftHeads.create(head_config, model, vocab.ids)
+    del model
+    optim = torch.optim.AdamW(
+        heads.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95)
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, config))
+    start_step, history, elapsed = 0, [], 0.0
+    if ckpt is not None:
+        if ckpt["head_config"] != asdict(head_config):
+            raise ValueError(f"{ckpt_path} was made with another head config; use a new out_dir")
+        heads.load_state_dict(ckpt["heads"])
+        optim.load_state_dict(ckpt["optim"])
+        sched.load_state_dict(ckpt["sched"])
+        start_step, elapsed = int(ckpt["step"]), float(ckpt["seconds"])
+        history = [Evaluation(**e) for e in ckpt["history"]]
+        log.info("resuming %s from step %d", config.kind, start_step)
+    eligible = torch.nonzero(splits.train.depth_left >= 2).squeeze(1)
+    if len(eligible) == 0:
+        raise ValueError(f"no training positions in {config.data_dir}")
+    weights = depth_weights(heads.num_heads, config.depth_decay)
+    if ckpt is None:
+        history.append(evaluate(heads, splits.val, config, 0))
+        log.info("untrained val %s", history[-1])
+    heads.train()
+    running = float("nan")
+    t0 = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=start_step, desc=f"train {config.kind}", unit="step")
+    end = config.steps if config.stop_after is None else min(config.steps, config.stop_after)
+    for step in range(start_step, end):
+        batch = make_batch(splits.train, batch_indices(eligible, step, config), heads.num_heads)
+        noise_gen = torch.Generator().manual_seed(config.seed * 100_003 + step)
+        losses, _ = head_losses(heads, batch, config.noise, noise_gen)
+        loss = (losses * weights).sum()
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
+        optim.step()
+        sched.step()
+        value = loss.item()
+        running = value if math.isnan(running) else 0.98 * running + 0.02 * value
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        done = step + 1
+        if done % config.eval_every == 0 or done == config.steps:
+            history.append(evaluate(heads, splits.val, config, done))
+            log.info("step %d val %s", done, history[-1])
+        if done % config.checkpoint_every == 0 or done == end:
+            checkpoint = {
+                "step": done,
+                "seconds": elapsed + time.perf_counter() - t0,
+                "train_loss": running,
+                "heads": heads.state_dict(),
+                "optim": optim.state_dict(),
+                "sched": sched.state_dict(),
+                "head_config": asdict(head_config),
+                "history": [asdict(e) for e in history],
+                "config": _config_json(config),
+                "num_samples": num_samples,
+            }
+            torch.save(checkpoint, ckpt_path)
+    bar.close()
+    seconds = elapsed + time.perf_counter() - t0
+    if math.isnan(running) and ckpt is not None:
+        running = float(ckpt.get("train_loss", running))
+    if history[-1].step != end:
+        history.append(evaluate(heads, splits.val, config, end))
+    result = TrainResult(
+        heads_dir=config.out_dir / HEADS_DIR,
+        steps=end,
+        seconds=seconds,
+        train_loss=running,
+        evaluation=history[-1],
+        draft_vocab_coverage=vocab.coverage,
+        train_positions=len(eligible),
+        train_samples=splits.train.num_samples,
+        history=tuple(history),
+    )
+    if end == config.steps:
+        report = {
+            "config": _config_json(config),
+            "head_config": asdict(head_config),
+            **{k: v for k, v in asdict(result).items() if k != "heads_dir"},
+        }
+        (config.out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        heads.to(getattr(torch, config.save_dtype)).save(result.heads_dir)
+    return result

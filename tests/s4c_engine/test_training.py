@@ -1,0 +1,159 @@
+"""Head training on a tiny random model: distillation records, loss falls, resume, round-trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from s4c_engine.heads import DraftHeads
+from s4c_engine.training.data import build_draft_vocab, load_splits
+from s4c_engine.training.distill import (
+    EncodedPrompt,
+    generate_batch,
+    load_done_ids,
+    write_shard,
+)
+from s4c_engine.training.prompts import TrainPrompt, balanced_mix
+from s4c_engine.training.train import TrainConfig, train_heads
+
+VOCAB = 96
+EOS = 2
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        pad_token_id=EOS,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=EOS, pad_token_id=EOS)
+    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def distilled_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    out = tmp_path_factory.mktemp("distill")
+    gen = torch.Generator().manual_seed(1)
+    for shard in range(4):
+        items = [
+            EncodedPrompt(
+                TrainPrompt(f"p{shard}-{r}", "cat" + str(r % 2), ""),
+                torch.randint(3, VOCAB, (3 + r,), generator=gen).tolist(),
+            )
+            for r in range(8)
+        ]
+        result = generate_batch(
+            model, [e.ids for e in items], pad_id=EOS, eos_ids={EOS}, max_new_tokens=24, top_k=8
+        )
+        write_shard(out, f"shard-{shard:06d}.safetensors", items, result)
+    return out
+
+
+def test_distilled_states_reproduce_the_targets_logits(
+    tiny_model_dir: Path, distilled_dir: Path
+) -> None:
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    records = [json.loads(x) for x in (distilled_dir / "index.jsonl").read_text().splitlines()]
+    assert len(load_done_ids(distilled_dir)) == 32
+    rec = records[5]
+    ids = torch.tensor([rec["prompt_ids"] + rec["answer_ids"]])
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+    p, n = len(rec["prompt_ids"]), len(rec["answer_ids"])
+    splits = load_splits(distilled_dir, val_percent=0.0)
+    data = splits.train
+    # Sample 5 starts after the first 5 answers of the train split (all samples are train).
+    start = sum(len(r["answer_ids"]) for r in records[:5])
+    hidden = data.hidden[start : start + n].float()
+    assert torch.allclose(hidden, out.hidden_states[-1][0, p - 1 : p - 1 + n], atol=2e-2)
+    assert data.token[start : start + n].tolist() == rec["answer_ids"]
+    # The target's greedy token is the argmax of the stored top-k logits.
+    assert torch.equal(data.topk_ids[start : start + n, 0], data.token[start : start + n])
+
+
+def test_draft_vocab_is_most_frequent_first_with_forced_ids() -> None:
+    vocab = build_draft_vocab(torch.tensor([5, 5, 5, 7, 7, 9]), 4, 20, always=(2,))
+    assert vocab.ids.tolist() == [2, 5, 7, 9]
+    assert vocab.coverage == 1.0
+    assert build_draft_vocab(torch.tensor([5, 5, 7]), 1, 20).coverage == pytest.approx(2 / 3)
+
+
+def test_balanced_mix_caps_each_category_and_is_seeded() -> None:
+    rows = [TrainPrompt(f"a{i}", "a", "") for i in range(10)] + [TrainPrompt("b0", "b", "")]
+    mix = balanced_mix(rows, 3, seed=0)
+    assert sorted(r.category for r in mix) == ["a", "a", "a", "b"]
+    assert mix == balanced_mix(rows, 3, seed=0)
+
+
+def _config(model_dir: Path, data_dir: Path, out: Path, kind: str, **kw: object) -> TrainConfig:
+    return TrainConfig(
+        model_dir=model_dir,
+        data_dir=data_dir,
+        out_dir=out,
+        kind=kind,  # type: ignore[arg-type]
+        num_heads=3,
+        draft_vocab_size=64,
+        steps=40,
+        batch_size=64,
+        lr=2e-2,
+        warmup_steps=5,
+        val_percent=25.0,
+        checkpoint_every=10,
+        eval_every=1000,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("kind", ["s4c", "medusa"])
+def test_training_lowers_validation_loss_and_heads_round_trip(
+    kind: str, tiny_model_dir: Path, distilled_dir: Path, tmp_path: Path
+) -> None:
+    result = train_heads(_config(tiny_model_dir, distilled_dir, tmp_path, kind))
+    first, last = result.history[0], result.evaluation
+    assert first.step == 0 and last.step == 40
+    assert last.loss < first.loss - 0.05
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["evaluation"]["top1"]) == 3
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    loaded = DraftHeads.load(result.heads_dir, model, "tiny-llama")
+    assert loaded.config.kind == kind
+    fresh = DraftHeads.create(loaded.config, model, loaded.draft_vocab)
+    h = torch.randn(5, 32)
+    path = torch.randint(0, VOCAB, (5, 2))
+    tokens = path if kind == "s4c" else None
+    assert not torch.allclose(loaded.head_logits(1, h, tokens), fresh.head_logits(1, h, tokens))
+
+
+def test_stopped_run_resumes_to_the_same_heads(
+    tiny_model_dir: Path, distilled_dir: Path, tmp_path: Path
+) -> None:
+    whole = train_heads(_config(tiny_model_dir, distilled_dir, tmp_path / "whole", "s4c"))
+    part = _config(tiny_model_dir, distilled_dir, tmp_path / "split", "s4c", stop_after=20)
+    paused = train_heads(part)
+    assert paused.steps == 20 and not (tmp_path / "split" / "heads").exists()
+    resumed = train_heads(_config(tiny_model_dir, distilled_dir, tmp_path / "split", "s4c"))
+    assert resumed.steps == 40
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    a = DraftHeads.load(whole.heads_dir, model, "tiny-llama").state_dict()
+    b = DraftHeads.load(resumed.heads_dir, model, "tiny-llama").state_dict()
+    for name, tensor in a.items():
+        assert torch.allclose(tensor, b[name], atol=1e-6), name
