@@ -12,9 +12,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,6 +38,15 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
     engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     _configure_sqlite(engine)
     return engine
+
+
+def ensure_sqlite_dir(url: str) -> None:
+    """Create the directory of a SQLite database file (a fresh $S4C_HOME has none)."""
+    if not is_sqlite(url):
+        return
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 def engine_from_settings(settings: Settings) -> Engine:

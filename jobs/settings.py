@@ -66,6 +66,8 @@ class Settings:
     max_batch_size: int = 16
     baseline_sample: float = 0.05
     baseline_min_count: int = 2
+    # Redis redelivers a message unacked for this long; keep it well above the longest chunk.
+    visibility_timeout_seconds: int = 3600
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -97,6 +99,7 @@ class Settings:
             max_batch_size=_int(env, "S4C_MAX_BATCH_SIZE", 16),
             baseline_sample=_float(env, "S4C_BASELINE_SAMPLE", 0.05),
             baseline_min_count=_int(env, "S4C_BASELINE_MIN_COUNT", 2),
+            visibility_timeout_seconds=_int(env, "S4C_VISIBILITY_TIMEOUT_SECONDS", 3600),
         )
 
     @property
