@@ -45,13 +45,11 @@ def _redis_client(settings: Settings) -> redis.Redis | None:
 def _build_services(settings: Settings) -> Services:
     engine = db.engine_from_settings(settings)
     try:
-        migrated = migrate.is_up_to_date(engine)
+        migrate.require_up_to_date(engine)
+    except migrate.DatabaseNotMigrated as exc:
+        raise StartupError(str(exc)) from exc
     except SQLAlchemyError as exc:
         raise StartupError(f"cannot reach the database ({type(exc).__name__}): {exc}") from exc
-    if not migrated:
-        raise StartupError(
-            "the database is not migrated to the current schema; run `s4c db upgrade` first"
-        )
     model_dir = settings.resolved_model_dir
     if not (model_dir / "tokenizer.json").is_file():
         raise StartupError(f"no model tokenizer in {model_dir}; run `s4c model fetch` first")

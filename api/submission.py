@@ -61,21 +61,29 @@ def field_path(loc: Iterable[int | str]) -> str:
 
 
 def errors_from_validation(
-    exc: ValidationError, *, prefix: tuple[int | str, ...] = (), line: int | None = None
+    exc: ValidationError, *, line: int | None = None, custom_id: str | None = None
 ) -> list[ErrorItem]:
-    """One ErrorItem per pydantic error, naming the field (and line, for JSONL)."""
+    """One ErrorItem per pydantic error, naming the field (and line and custom_id, for JSONL)."""
     items = []
     for error in exc.errors(include_url=False, include_input=False):
-        loc = prefix + tuple(error["loc"])
+        loc = tuple(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = f"unknown field '{loc[-1]}'"
         path = field_path(loc)
         where = f"line {line}: " if line is not None else ""
+        subject = path or ("the line" if line is not None else "the body")
         items.append(
-            ErrorItem(f"{where}{path or 'body'}: {message}", line=line, field=path or None)
+            ErrorItem(
+                f"{where}{subject}: {message}", line=line, custom_id=custom_id, field=path or None
+            )
         )
     return items
+
+
+def _custom_id_of(value: Any) -> str | None:
+    found = value.get("custom_id") if isinstance(value, dict) else None
+    return found if isinstance(found, str) and 0 < len(found) <= 64 else None
 
 
 def validation_problem(errors: list[ErrorItem], what: str = "the job") -> ApiProblem:
@@ -237,7 +245,9 @@ def job_from_jsonl(
         try:
             parsed = BatchLine.model_validate(line.value, context=context)
         except ValidationError as exc:
-            errors.extend(errors_from_validation(exc, line=line.number))
+            errors.extend(
+                errors_from_validation(exc, line=line.number, custom_id=_custom_id_of(line.value))
+            )
         else:
             _check_model(parsed.body.model, rules, "body.model", line.number)
             earlier = first_seen.setdefault(parsed.custom_id, line.number)
