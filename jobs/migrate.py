@@ -41,9 +41,9 @@ def head_revisions() -> set[str]:
 def current_revisions(engine: Engine) -> set[str]:
     """The revisions the database is at (empty for a fresh or missing database)."""
     database = engine.url.database
-    if is_sqlite(engine) and database and database != ":memory:":
-        if not Path(database).expanduser().exists():
-            return set()  # connecting would create an empty file as a side effect
+    is_file = is_sqlite(engine) and bool(database) and database != ":memory:"
+    if is_file and not Path(str(database)).expanduser().exists():
+        return set()  # connecting would create an empty file as a side effect
     with engine.connect() as connection:
         return set(MigrationContext.configure(connection).get_current_heads())
 
