@@ -62,7 +62,7 @@ def configure_logging(verbose: bool) -> None:
 def make_client(settings: Settings, *, need_key: bool = True) -> Client:
     if need_key and not settings.api_key:
         raise CliError("no API key: set S4C_API_KEY (create one with `s4c keys create`)")
-    return Client(settings.api_url, settings.api_key)
+    return Client(settings.api_url, settings.api_key, max_retries=3)
 
 
 def echo_json(value: Any) -> None:

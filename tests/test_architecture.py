@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from jobs.settings import Settings
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -28,11 +30,13 @@ def _modules_loaded_by(statement: str) -> set[str]:
 
 
 def test_building_the_api_app_leaves_torch_unloaded(tmp_path: Path) -> None:
+    model_dir = Settings.from_env().resolved_model_dir  # the tokenizer `make setup` fetched
     statement = (
         "from jobs.settings import Settings\n"
         "from jobs.migrate import upgrade\n"
         "from api import create_app\n"
         f"settings = Settings.from_env({{'S4C_HOME': {str(tmp_path)!r},\n"
+        f"                               'S4C_MODEL_DIR': {str(model_dir)!r},\n"
         "                               'S4C_BROKER_URL': 'redis://127.0.0.1:1/0'})\n"
         "upgrade(settings)\n"
         "app = create_app(settings)\n"
