@@ -12,7 +12,11 @@ from werkzeug.test import TestResponse
 
 from api import response_models
 from api.services import Services
-from jobs.models import Chunk, IdempotencyKey, Job, JobRequest, Result
+from jobs import store
+from jobs.db import transaction
+from jobs.models import Chunk, IdempotencyKey, Job, JobRequest, Result, ResultStatus
+from jobs.types import ChunkOutcome, RequestOutcome
+from s4c_engine.config import RequestStats
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -81,3 +85,31 @@ def assert_problem(response: TestResponse, status: int, *mentions: str) -> dict[
 def assert_job(body: Any) -> dict[str, Any]:
     response_models.Job.model_validate(body)
     return dict(body)
+
+
+def finish_job(app: Flask, job_id: str, *, failed: frozenset[int] = frozenset()) -> None:
+    """Run the worker side of the store by hand: claim every chunk and record an outcome per
+    request (text `out-<index>`; indexes in `failed` get an engine error instead)."""
+    sessions = services_of(app).sessions
+    with transaction(sessions) as session:
+        chunk_ids = store.chunk_ids(session, job_id)
+    for chunk_id in chunk_ids:
+        with transaction(sessions) as session:
+            claim = store.claim_chunk(session, chunk_id, "test-worker", lease_seconds=60)
+            assert claim is not None
+            outcomes = [
+                RequestOutcome.failure(r.input_index, r.custom_id, "engine_error", "boom")
+                if r.input_index in failed
+                else RequestOutcome(
+                    r.input_index,
+                    r.custom_id,
+                    ResultStatus.SUCCEEDED,
+                    text=f"out-{r.input_index}",
+                    finish_reason="stop",
+                    stats=RequestStats(prompt_tokens=3, completion_tokens=2, target_forwards=1),
+                )
+                for r in store.pending_requests(session, claim)
+            ]
+            assert store.record_chunk_results(
+                session, claim, ChunkOutcome(outcomes, generation_seconds=0.1, method="ar")
+            )
