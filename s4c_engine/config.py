@@ -94,6 +94,10 @@ class RequestStats:
     # attempted_per_depth[d] = how many steps had a draft at depth d+1 to accept.
     accepted_per_depth: tuple[int, ...] = ()
     attempted_per_depth: tuple[int, ...] = ()
+    # Batch-level facts of the run that produced this request: the largest draft tree used
+    # (nodes including the root; 1 = plain decoding) and the batch size it started in.
+    tree_nodes: int = 0
+    batch_size: int = 0
 
     @property
     def tau(self) -> float:

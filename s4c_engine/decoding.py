@@ -1,0 +1,223 @@
+"""The decode loop on token ids: prefill, then propose -> verify -> accept -> commit_path.
+
+Plain decoding is the same loop with a one-node tree (the root only), so both methods share
+the cache, masks, sampling and stopping code and can be compared on equal terms.
+
+Continuous verification tree: every step runs exactly one target forward, over the root (the
+token committed last step, not yet in the KV cache) plus the draft tree. That forward both
+verifies the draft and computes the root's K/V, so verification never needs a separate
+"catch-up" pass; the accepted path's K/V are compacted into place (`commit_path`) and the
+walk's final node yields the next root (the bonus token).
+
+Feature reuse: the same forward returns the last-layer hidden state at every node. The hidden
+state at the node where the walk ended is h_t for the next step, so the draft heads start the
+next tree from it directly: no extra target forward per step.
+
+Finished rows leave the batch at once (cache rows, hidden states and roots are compacted), so
+they stop costing work; the tree size is re-chosen from the live batch size every step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from s4c_engine.attention import build_step_mask, causal_block, right_pad
+from s4c_engine.config import FinishReason, RequestStats, SamplingParams
+from s4c_engine.drafting import TreeShape, propose
+from s4c_engine.heads import DraftHeads
+from s4c_engine.kv_cache import RowKVCache
+from s4c_engine.sampling import choose_tokens, make_generator
+from s4c_engine.stopping import Decode, StopRule, extend_until_stop
+from s4c_engine.target import Target
+from s4c_engine.tree import StaticTree, compile_tree
+from s4c_engine.tree_policy import PLAIN, PLAIN_POLICY, TreePolicy
+from s4c_engine.verification import Acceptance, accept, verify
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+    stop_rule: StopRule
+
+
+@dataclass(frozen=True)
+class DecodeOutput:
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    stats: RequestStats
+
+
+@dataclass
+class _Row:
+    """Mutable bookkeeping of one request while it is in the batch."""
+
+    request: DecodeRequest
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    finish: FinishReason | None = None
+    forwards: int = 0
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    accepted: list[int] = field(default_factory=list)
+    attempted: list[int] = field(default_factory=list)
+    tree_nodes: int = 1
+
+    def record_walk(self, has_children: list[bool], accepted: int) -> None:
+        """Depth d+1 was attempted if the walk reached depth d and the tree went deeper."""
+        for depth, deeper in enumerate(has_children):
+            if not deeper:
+                break
+            while len(self.attempted) <= depth:
+                self.attempted.append(0)
+                self.accepted.append(0)
+            self.attempted[depth] += 1
+            self.accepted[depth] += int(depth < accepted)
+
+
+def decode_batch(
+    target: Target,
+    requests: Sequence[DecodeRequest],
+    *,
+    heads: DraftHeads | None = None,
+    policy: TreePolicy = PLAIN_POLICY,
+    decode: Decode | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[DecodeOutput]:
+    """Generate for all requests as one batch; outputs in request order.
+
+    With heads=None or the plain policy this is plain autoregressive decoding. Greedy output
+    is identical either way; sampled output has the same distribution.
+    """
+    started = time.perf_counter()
+    rows = [_Row(r, make_generator(r.params, target.device)) for r in requests]
+    static = _compile_static(policy, target.device)
+    capacity = (
+        max(len(r.prompt_ids) for r in requests)
+        + max(r.stop_rule.max_tokens for r in requests)
+        + policy.max_nodes
+        + 1
+    )
+    cache = RowKVCache.allocate(
+        target.config, len(rows), capacity, device=target.device, dtype=target.dtype
+    )
+    with torch.inference_mode():
+        hidden, roots = _prefill(target, cache, rows, decode)
+        live = list(range(len(rows)))
+        live, hidden, roots = _drop_finished(rows, live, cache, hidden, roots)
+        while live:
+            if should_stop is not None and should_stop():
+                for i in live:
+                    rows[i].finish = "cancelled"
+                break
+            shape = policy.shape_for(len(live)) if heads is not None else PLAIN
+            acceptance, hidden = _step(
+                target, cache, heads, shape, static, rows, live, hidden, roots
+            )
+            for j, i in enumerate(live):
+                row = rows[i]
+                row.record_walk(acceptance.has_children[j], acceptance.accepted[j])
+                row.finish = extend_until_stop(
+                    row.tokens, acceptance.emitted[j], row.request.stop_rule, decode
+                )
+            roots = torch.tensor([e[-1] for e in acceptance.emitted], device=target.device)
+            live, hidden, roots = _drop_finished(rows, live, cache, hidden, roots)
+    wall = time.perf_counter() - started
+    return [_output(row, len(rows), wall) for row in rows]
+
+
+def _compile_static(policy: TreePolicy, device: torch.device) -> dict[TreeShape, StaticTree]:
+    return {
+        shape: compile_tree(shape.spec, device)
+        for _, shape in policy.table
+        if shape.spec is not None
+    }
+
+
+def _prefill(
+    target: Target, cache: RowKVCache, rows: list[_Row], decode: Decode | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the prompts, choose each row's first token. Returns h_t (B, D) and roots (B,)."""
+    ids, lengths = right_pad(
+        [list(r.request.prompt_ids) for r in rows], target.pad_token_id, target.device
+    )
+    width = ids.shape[1]
+    kv_length = cache.begin_forward(width)
+    mask = build_step_mask(cache.lengths, kv_length, causal_block(lengths, width), target.dtype)
+    positions = torch.arange(width, device=target.device).expand(len(rows), -1)
+    out = target.forward(ids, positions, mask, cache, select=(lengths - 1)[:, None])
+    cache.advance(lengths.tolist())
+    firsts = []
+    for b, row in enumerate(rows):
+        token = int(choose_tokens(out.logits[b], row.request.params, row.generator)[0])
+        row.forwards = 1
+        row.finish = extend_until_stop(row.tokens, [token], row.request.stop_rule, decode)
+        firsts.append(token)
+    return out.hidden[:, 0], torch.tensor(firsts, device=target.device)
+
+
+def _step(
+    target: Target,
+    cache: RowKVCache,
+    heads: DraftHeads | None,
+    shape: TreeShape,
+    static: dict[TreeShape, StaticTree],
+    rows: list[_Row],
+    live: list[int],
+    hidden: torch.Tensor,
+    roots: torch.Tensor,
+) -> tuple[Acceptance, torch.Tensor]:
+    """One propose -> verify -> accept -> commit_path round for the live rows."""
+    t0 = time.perf_counter()
+    tree = propose(heads, hidden, roots, shape, static.get(shape))
+    t1 = time.perf_counter()
+    out = verify(target, cache, tree)
+    live_rows = [rows[i] for i in live]
+    acceptance = accept(
+        tree, out.logits, [r.request.params for r in live_rows], [r.generator for r in live_rows]
+    )
+    cache.commit_path(acceptance.path_nodes, [a + 1 for a in acceptance.accepted])
+    t2 = time.perf_counter()
+    for row in live_rows:
+        row.forwards += 1
+        row.draft_seconds += t1 - t0
+        row.verify_seconds += t2 - t1
+        row.tree_nodes = max(row.tree_nodes, tree.num_nodes)
+    picked = torch.gather(
+        out.hidden, 1, acceptance.last_node[:, None, None].expand(-1, 1, out.hidden.shape[-1])
+    )[:, 0]  # feature reuse: h_t at the walk's last node
+    return acceptance, picked
+
+
+def _drop_finished(
+    rows: list[_Row], live: list[int], cache: RowKVCache, hidden: torch.Tensor, roots: torch.Tensor
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    keep = [j for j, i in enumerate(live) if rows[i].finish is None]
+    if len(keep) == len(live):
+        return live, hidden, roots
+    if not keep:
+        return [], hidden[:0], roots[:0]
+    index = torch.tensor(keep, device=hidden.device)
+    cache.select_rows(index)
+    return [live[j] for j in keep], hidden[index], roots[index]
+
+
+def _output(row: _Row, batch_size: int, wall: float) -> DecodeOutput:
+    stats = RequestStats(
+        prompt_tokens=len(row.request.prompt_ids),
+        completion_tokens=len(row.tokens),
+        target_forwards=row.forwards,
+        draft_seconds=row.draft_seconds,
+        verify_seconds=row.verify_seconds,
+        wall_seconds=wall,
+        accepted_per_depth=tuple(row.accepted),
+        attempted_per_depth=tuple(row.attempted),
+        tree_nodes=row.tree_nodes,
+        batch_size=batch_size,
+    )
+    assert row.finish is not None
+    return DecodeOutput(tuple(row.tokens), row.finish, stats)

@@ -1,0 +1,159 @@
+"""propose: draft heads turn (h_t, root token) into a tree of candidate continuations per row.
+
+Drafting never runs the target. Head d scores depth d+1 from the target's last hidden state and
+(s4c heads) the tokens on the path so far; only the draft vocabulary's lm_head rows are used.
+`TreeShape` says which tree to build: a static TreeSpec, or a dynamic EAGLE-2-style tree
+(top-k children per frontier node by cumulative log-probability, beam per depth, global
+rerank to a fixed node budget so every row has the same N).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from s4c_engine.heads import DraftHeads
+from s4c_engine.tree import StaticTree, TreeBuffers, TreeSpec, compile_tree, select_top_nodes
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    """How big a tree to draft. nodes counts the root; static trees come from `spec`."""
+
+    nodes: int
+    depth: int = 4
+    top_k: int = 4
+    spec: TreeSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError("a tree has at least the root node")
+        if self.spec is not None and self.spec.num_nodes != self.nodes:
+            raise ValueError("TreeShape.nodes must equal spec.num_nodes")
+
+    @property
+    def is_plain(self) -> bool:
+        """Root only: plain autoregressive decoding."""
+        return self.nodes == 1
+
+
+def root_only(roots: torch.Tensor) -> TreeBuffers:
+    """The one-node tree of plain decoding. roots: (B,)"""
+    b = roots.shape[0]
+    zeros = torch.zeros(b, 1, dtype=torch.long, device=roots.device)
+    ones = torch.ones(b, 1, 1, dtype=torch.bool, device=roots.device)
+    return TreeBuffers(roots[:, None], zeros, zeros, ones)
+
+
+@torch.inference_mode()
+def propose(
+    heads: DraftHeads | None,
+    hidden: torch.Tensor,
+    roots: torch.Tensor,
+    shape: TreeShape,
+    static: StaticTree | None = None,
+) -> TreeBuffers:
+    """Draft one tree per row. hidden: (B, D) h_t of the last committed token; roots: (B,)."""
+    if shape.is_plain or heads is None:
+        return root_only(roots)
+    if shape.spec is not None:
+        tree = static if static is not None else compile_tree(shape.spec, hidden.device)
+        return _propose_static(heads, hidden, roots, tree)
+    return _propose_dynamic(heads, hidden, roots, shape)
+
+
+def _head_log_probs(
+    heads: DraftHeads, depth: int, hidden: torch.Tensor, paths: torch.Tensor
+) -> torch.Tensor:
+    """Log-probs (B, M, Vd) of head `depth` for M paths per row; paths: (B, M, depth+1)."""
+    if heads.config.kind == "medusa":  # path-independent: score once per row, share it
+        logits = heads.head_logits(depth, hidden[:, None], None)
+        return logits.float().log_softmax(-1).expand(-1, paths.shape[1], -1)
+    h = hidden[:, None].expand(-1, paths.shape[1], -1)
+    return heads.head_logits(depth, h, paths).float().log_softmax(-1)
+
+
+def _propose_dynamic(
+    heads: DraftHeads, hidden: torch.Tensor, roots: torch.Tensor, shape: TreeShape
+) -> TreeBuffers:
+    b = roots.shape[0]
+    depth_limit = min(shape.depth, heads.num_heads)
+    k = shape.top_k
+    device = roots.device
+    all_scores, all_parents, all_depths, all_tokens = [], [], [], []
+    frontier_paths = roots[:, None, None]  # (B, F, d) tokens from root to frontier node
+    frontier_scores = torch.zeros(b, 1, device=device)
+    frontier_index = torch.full((b, 1), -1, dtype=torch.long, device=device)
+    offset = 0
+    for d in range(depth_limit):
+        logp = _head_log_probs(heads, d, hidden, frontier_paths)  # (B, F, Vd)
+        top = torch.topk(logp, k, dim=-1)
+        scores = (frontier_scores[:, :, None] + top.values).flatten(1)  # (B, F*k)
+        tokens = heads.to_target_ids(top.indices).flatten(1)
+        width = frontier_paths.shape[1]
+        parents = frontier_index[:, :, None].expand(-1, -1, k).flatten(1)
+        all_scores.append(scores)
+        all_parents.append(parents)
+        all_depths.append(torch.full_like(parents, d + 1))
+        all_tokens.append(tokens)
+        child_index = offset + torch.arange(width * k, device=device).expand(b, -1)
+        offset += width * k
+        if d + 1 == depth_limit:
+            break
+        beam = torch.topk(scores, min(k, width * k), dim=1).indices  # (B, F')
+        parent_slot = beam // k
+        frontier_paths = torch.cat(
+            [
+                torch.gather(
+                    frontier_paths,
+                    1,
+                    parent_slot[:, :, None].expand(-1, -1, frontier_paths.shape[2]),
+                ),
+                torch.gather(tokens, 1, beam)[:, :, None],
+            ],
+            dim=2,
+        )
+        frontier_scores = torch.gather(scores, 1, beam)
+        frontier_index = torch.gather(child_index, 1, beam)
+    scores = torch.cat(all_scores, 1)
+    budget = min(shape.nodes - 1, scores.shape[1])
+    return select_top_nodes(
+        scores,
+        torch.cat(all_parents, 1),
+        torch.cat(all_depths, 1),
+        torch.cat(all_tokens, 1),
+        roots,
+        budget,
+    )
+
+
+def _propose_static(
+    heads: DraftHeads, hidden: torch.Tensor, roots: torch.Tensor, tree: StaticTree
+) -> TreeBuffers:
+    b, n = roots.shape[0], tree.num_nodes
+    tokens = torch.zeros(b, n, dtype=torch.long, device=roots.device)
+    tokens[:, 0] = roots
+    # paths[:, i] = tokens from the root to node i, filled depth by depth
+    paths: dict[int, torch.Tensor] = {0: roots[:, None]}
+    by_depth: dict[int, list[int]] = {}
+    for i, p in enumerate(tree.paths, start=1):
+        by_depth.setdefault(len(p), []).append(i)
+    parents = tree.parents.tolist()
+    ranks = tree.ranks.tolist()
+    for depth in sorted(by_depth):
+        if depth > heads.num_heads:
+            raise ValueError(f"static tree depth {depth} exceeds the {heads.num_heads} heads")
+        nodes = by_depth[depth]
+        parent_nodes = sorted({parents[i] for i in nodes})
+        parent_paths = torch.stack([paths[p] for p in parent_nodes], 1)  # (B, P, depth)
+        logp = _head_log_probs(heads, depth - 1, hidden, parent_paths)
+        need = max(ranks[i] for i in nodes) + 1
+        top = heads.to_target_ids(torch.topk(logp, need, dim=-1).indices)  # (B, P, need)
+        slot = {p: j for j, p in enumerate(parent_nodes)}
+        for i in nodes:
+            tokens[:, i] = top[:, slot[parents[i]], ranks[i]]
+            paths[i] = torch.cat([paths[parents[i]], tokens[:, i : i + 1]], 1)
+    return TreeBuffers(
+        tokens, tree.parents.expand(b, n), tree.depths.expand(b, n), tree.ancestors.expand(b, n, n)
+    )

@@ -1,0 +1,156 @@
+"""The engine facade: load a model (and draft heads), generate for a list of prompts.
+
+Thin on purpose: it validates and encodes prompts, groups them into batches of similar length,
+calls `decoding.decode_batch` and turns ids back into text. The decode loop lives in
+decoding.py, the algorithm pieces in drafting/verification/kv_cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from s4c_engine.config import (
+    GenerationResult,
+    Method,
+    ModelInfo,
+    Prompt,
+    RequestStats,
+    SamplingParams,
+)
+from s4c_engine.decoding import DecodeOutput, DecodeRequest, decode_batch
+from s4c_engine.errors import PromptError
+from s4c_engine.heads import DraftHeads
+from s4c_engine.prompting import PromptCodec, read_model_info
+from s4c_engine.stopping import StopRule, cut_at_stop_string
+from s4c_engine.target import Target
+from s4c_engine.tree_policy import CPU_POLICY, GPU_POLICY, PLAIN_POLICY, TreePolicy
+
+log = logging.getLogger(__name__)
+
+HEADS_DATA = Path(__file__).parent / "heads_data"
+
+
+def shipped_heads_path(model_name: str, kind: str) -> Path:
+    """Where heads shipped with the package live: heads_data/<model name>/<kind>/."""
+    return HEADS_DATA / model_name / kind
+
+
+class Engine:
+    """A target model, optional draft heads, and the policy choosing tree sizes."""
+
+    def __init__(
+        self,
+        target: Target,
+        codec: PromptCodec,
+        info: ModelInfo,
+        heads: DraftHeads | None,
+        policy: TreePolicy,
+        max_batch_size: int,
+    ) -> None:
+        self.target = target
+        self.codec = codec
+        self.info = info
+        self.heads = heads
+        self.policy = policy
+        self.max_batch_size = max_batch_size
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        *,
+        heads_path: Path | None = None,
+        method: Method = "s4c",
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_batch_size: int = 16,
+    ) -> Engine:
+        """Load a HF causal-LM directory; heads from heads_path, else the shipped ones for
+        `method`, else plain decoding (logged). HeadsMismatchError for heads of another model.
+        """
+        model_dir = Path(model_dir)
+        info = read_model_info(model_dir, model_dir.name)
+        target = Target.load(model_dir, device=device, dtype=dtype)
+        heads = None
+        if method != "ar":
+            path = heads_path if heads_path is not None else shipped_heads_path(info.name, method)
+            if (Path(path) / "head_config.json").is_file():
+                heads = DraftHeads.load(Path(path), target.model, info.name).eval()
+            else:
+                log.warning("no %s draft heads at %s; falling back to plain decoding", method, path)
+        policy = GPU_POLICY if torch.device(device).type == "cuda" else CPU_POLICY
+        return cls(target, PromptCodec.load(model_dir), info, heads, policy, max_batch_size)
+
+    @property
+    def method(self) -> str:
+        return self.heads.config.kind if self.heads is not None else "ar"
+
+    @property
+    def device(self) -> str:
+        return str(self.target.device)
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: Sequence[SamplingParams],
+        *,
+        method: Method | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[GenerationResult]:
+        """Generate for every prompt; results in input order.
+
+        method="ar" forces plain decoding (the measured baseline); None uses the loaded
+        method. All prompts are validated first: PromptError names the first bad one.
+        """
+        if len(prompts) != len(params):
+            raise ValueError("prompts and params must have the same length")
+        requests = [self._request(i, p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
+        speculative = method != "ar" and self.heads is not None
+        heads = self.heads if speculative else None
+        policy = self.policy if speculative else PLAIN_POLICY
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
+        outputs: dict[int, DecodeOutput] = {}
+        for start in range(0, len(order), self.max_batch_size):
+            chunk = order[start : start + self.max_batch_size]
+            if should_stop is not None and should_stop():
+                outputs.update({i: _cancelled(requests[i]) for i in chunk})
+                continue
+            results = decode_batch(
+                self.target,
+                [requests[i] for i in chunk],
+                heads=heads,
+                policy=policy,
+                decode=self.codec.decode,
+                should_stop=should_stop,
+            )
+            outputs.update(zip(chunk, results))
+        return [self._result(outputs[i], params[i]) for i in range(len(requests))]
+
+    def _request(self, index: int, prompt: Prompt, params: SamplingParams) -> DecodeRequest:
+        ids = self.codec.encode(prompt)
+        if not ids:
+            raise PromptError(index, "the prompt has no tokens")
+        if len(ids) >= self.info.max_context:
+            raise PromptError(
+                index,
+                f"{len(ids)} prompt tokens leave no room in the "
+                f"{self.info.max_context}-token context",
+            )
+        if min(ids) < 0 or max(ids) >= self.info.vocab_size:
+            raise PromptError(index, "token id outside the vocabulary")
+        max_tokens = min(params.max_tokens, self.info.max_context - len(ids))
+        rule = StopRule(frozenset(self.codec.eos_token_ids), max_tokens, params.stop)
+        return DecodeRequest(tuple(ids), params, rule)
+
+    def _result(self, output: DecodeOutput, params: SamplingParams) -> GenerationResult:
+        text = cut_at_stop_string(self.codec.decode(output.token_ids), params.stop)
+        return GenerationResult(output.token_ids, text, output.finish_reason, output.stats)
+
+
+def _cancelled(request: DecodeRequest) -> DecodeOutput:
+    stats = RequestStats(prompt_tokens=len(request.prompt_ids))
+    return DecodeOutput((), "cancelled", stats)

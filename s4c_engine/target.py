@@ -1,0 +1,91 @@
+"""The target model adapter: a stock HF causal LM driven through its public forward.
+
+We pass our KV cache object, explicit position ids and a ready 4-D mask (transformers returns
+such a mask unchanged), run the decoder body, gather only the positions the caller needs and
+apply lm_head to those rows alone. No modeling code is forked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from s4c_engine.kv_cache import RowKVCache
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TargetOutput:
+    hidden: torch.Tensor  # (B, M, D) last-layer hidden states (after the final norm)
+    logits: torch.Tensor  # (B, M, V)
+
+
+class Target:
+    """A loaded causal LM plus the few facts the decoder needs about it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        config = model.config  # type: ignore[union-attr]
+        layer_types = getattr(config, "layer_types", None) or []
+        if any(t != "full_attention" for t in layer_types):
+            raise ValueError(
+                "models with sliding-window or linear attention layers are not "
+                "supported by the row KV cache"
+            )
+        if getattr(config, "final_logit_softcapping", None):
+            raise ValueError("models with final logit soft-capping are not supported")
+        self.model = model
+        self.config = config
+        self.decoder = model.base_model  # type: ignore[union-attr]
+        self.lm_head = model.get_output_embeddings()  # type: ignore[operator]
+        first = next(model.parameters())
+        self.device = first.device
+        self.dtype = first.dtype
+
+    @classmethod
+    def load(cls, model_dir: Path, *, device: str = "cpu", dtype: str = "float32") -> Target:
+        """Load a HF causal-LM directory with SDPA attention, in eval mode."""
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=DTYPES[dtype], attn_implementation="sdpa"
+        )
+        return cls(model.to(device).eval())
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.vocab_size)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = getattr(self.config, "pad_token_id", None)
+        return int(pad) if pad is not None else 0
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: RowKVCache,
+        select: torch.Tensor | None = None,
+    ) -> TargetOutput:
+        """Run T new tokens per row through the model, writing their K/V into `cache`.
+
+        input_ids, position_ids: (B, T); attention_mask: (B, 1, T, S) additive, S =
+        cache.kv_length after `cache.begin_forward(T)`; select: (B, M) indices into T of the
+        positions whose hidden states and logits are returned (all T when None).
+        """
+        out = self.decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+        )
+        hidden = out.last_hidden_state  # (B, T, D)
+        if select is not None:
+            hidden = torch.gather(hidden, 1, select[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        return TargetOutput(hidden=hidden, logits=self.lm_head(hidden))
