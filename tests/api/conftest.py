@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -45,9 +46,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     return url
 
 
+API_REDIS_DB = 13
+
+
+@pytest.fixture(scope="session")
+def api_broker_url(redis_url: str) -> Iterator[str]:
+    """The session's Redis server, on a database of the API tests' own: the chunk messages
+    they enqueue never reach a worker that other tests start. Emptied at the end."""
+    base, _, last = redis_url.rpartition("/")
+    url = f"{base}/{API_REDIS_DB}" if last.isdigit() else f"{redis_url.rstrip('/')}/{API_REDIS_DB}"
+    yield url
+    redis.Redis.from_url(url).flushdb()
+
+
 @pytest.fixture(scope="session")
 def make_settings(
-    database_url: str, redis_url: str, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    database_url: str,
+    api_broker_url: str,
+    model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[..., Settings]:
     """Settings for a test app on this backend; keyword arguments override fields."""
     home = tmp_path_factory.mktemp("s4c-home")
@@ -56,7 +73,7 @@ def make_settings(
         base = Settings(
             home=home,
             database_url=database_url,
-            broker_url=redis_url,
+            broker_url=api_broker_url,
             model_dir=model_dir,
             rate_limit_per_minute=100_000,
             max_body_bytes=64 * 1024 * 1024,
