@@ -22,6 +22,8 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
+from s4c_engine.config import ChatMessage, Prompt
+from s4c_engine.prompting import PromptCodec
 from s4c_engine.training.prompts import TrainPrompt, balanced_mix, read_train_prompts
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ class DistillConfig:
     max_new_tokens: int = 160
     max_prompt_tokens: int = 768
     top_k: int = 32
-    limit: int | None = None
+    limit: int | None = None  # answer at most this many new prompts in this call
+    max_samples: int | None = None  # stop once the index holds this many samples
     threads: int | None = None
     device: str = "cpu"
 
@@ -67,19 +70,14 @@ def load_done_ids(out_dir: Path) -> set[str]:
     return done
 
 
-def encode_prompts(tokenizer: object, rows: list[TrainPrompt], max_len: int) -> list[EncodedPrompt]:
-    """Chat-template each prompt (generation prompt appended); drop those over `max_len`."""
+def encode_prompts(
+    codec: PromptCodec, rows: list[TrainPrompt], max_len: int
+) -> list[EncodedPrompt]:
+    """Chat-template each prompt as the engine does (one user turn, generation prompt
+    appended); drop prompts longer than `max_len` tokens."""
     out = []
     for row in rows:
-        ids = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-            [{"role": "user", "content": row.prompt}],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-        )
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        ids = list(ids[0]) if ids and isinstance(ids[0], list) else list(ids)
+        ids = codec.encode(Prompt(messages=(ChatMessage("user", row.prompt),)))
         if len(ids) <= max_len:
             out.append(EncodedPrompt(row, ids))
     return out
@@ -198,26 +196,27 @@ def write_shard(
 
 def run_distill(config: DistillConfig) -> int:
     """Generate until every prompt of the mix is answered (or `limit` new ones); return count."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(config.model_dir))
+    codec = PromptCodec.load(config.model_dir)
     model = AutoModelForCausalLM.from_pretrained(str(config.model_dir), dtype=torch.float32)
     model.to(config.device).eval()
-    eos_ids = {int(tokenizer.eos_token_id)}
-    gen_eos = model.generation_config.eos_token_id
-    eos_ids.update([gen_eos] if isinstance(gen_eos, int) else list(gen_eos or []))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+    eos_ids = set(codec.eos_token_ids)
+    pad = model.generation_config.pad_token_id
+    pad_id = pad if pad is not None else min(eos_ids)
 
     mix = balanced_mix(read_train_prompts(config.train_dir), config.per_category, config.seed)
     done = load_done_ids(config.out_dir)
     todo = [row for row in mix if row.id not in done]
+    if config.max_samples is not None:
+        todo = todo[: max(0, config.max_samples - len(done))]
     if config.limit is not None:
         todo = todo[: config.limit]
-    encoded = encode_prompts(tokenizer, todo, config.max_prompt_tokens)
+    encoded = encode_prompts(codec, todo, config.max_prompt_tokens)
     log.info(
         "%d done, %d to do (%d over the prompt limit)",
         len(done),
@@ -265,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=768)
     p.add_argument("--top-k", type=int, default=32)
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

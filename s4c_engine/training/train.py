@@ -98,20 +98,22 @@ class Batch:
     greedy: torch.Tensor  # (K, B) target's greedy token at each head's position
 
 
-def make_batch(data: PositionData, idx: torch.Tensor, num_heads: int) -> Batch:
-    """Gather the rows of positions `idx` (B,): each must have depth_left >= 2."""
+def make_batch(
+    data: PositionData, idx: torch.Tensor, num_heads: int, device: str | torch.device = "cpu"
+) -> Batch:
+    """Gather the rows of positions `idx` (B,) onto `device`; each has depth_left >= 2."""
     last = data.num_positions - 1
     steps = torch.arange(num_heads + 1)
     rows = (idx[:, None] + steps[None, :]).clamp(max=last)  # (B, K+1)
     valid = data.depth_left[idx][None, :] > (steps[1:, None])  # (K, B)
     tgt = rows[:, 1:].T  # (K, B)
     return Batch(
-        hidden=data.hidden[idx].float(),
-        path=data.token[rows[:, :num_heads]],
-        teacher_ids=data.topk_ids[tgt],
-        teacher_values=data.topk_values[tgt].float(),
-        valid=valid,
-        greedy=data.token[tgt],
+        hidden=data.hidden[idx].float().to(device),
+        path=data.token[rows[:, :num_heads]].to(device),
+        teacher_ids=data.topk_ids[tgt].to(device),
+        teacher_values=data.topk_values[tgt].float().to(device),
+        valid=valid.to(device),
+        greedy=data.token[tgt].to(device),
     )
 
 
@@ -125,7 +127,8 @@ def head_losses(
     """
     hidden = batch.hidden
     if noise > 0:
-        hidden = hidden + noise * (torch.rand(hidden.shape, generator=generator) - 0.5)
+        jitter = torch.rand(hidden.shape, generator=generator).to(hidden.device) - 0.5
+        hidden = hidden + noise * jitter
     losses, preds = [], []
     for i in range(heads.num_heads):
         path = batch.path[:, : i + 1] if heads.config.kind == "s4c" else None
@@ -151,11 +154,11 @@ def evaluate(heads: DraftHeads, data: PositionData, config: TrainConfig, step: i
     heads.eval()
     eligible = torch.nonzero(data.depth_left >= 2).squeeze(1)[: config.val_positions]
     k = heads.num_heads
-    right, total, chain = torch.zeros(k), torch.zeros(k), torch.zeros(k)
+    right, total, chain = (torch.zeros(k, device=config.device) for _ in range(3))
     loss_sum, batches = 0.0, 0
-    weights = depth_weights(k, config.depth_decay)
+    weights = depth_weights(k, config.depth_decay).to(config.device)
     for start in range(0, len(eligible), 1024):
-        batch = make_batch(data, eligible[start : start + 1024], k)
+        batch = make_batch(data, eligible[start : start + 1024], k, config.device)
         losses, preds = head_losses(heads, batch)
         loss_sum += float((losses * weights).sum())
         batches += 1
@@ -212,6 +215,7 @@ def train_heads(config: TrainConfig) -> TrainResult:
     num_samples = splits.train.num_samples + splits.val.num_samples
     model = AutoModelForCausalLM.from_pretrained(str(config.model_dir), dtype=torch.float32)
     model.requires_grad_(False)
+    model.to(config.device)
     eos = model.generation_config.eos_token_id
     eos_ids = (eos,) if isinstance(eos, int) else tuple(eos or ())
     head_config = HeadConfig.for_target(
@@ -244,7 +248,7 @@ def train_heads(config: TrainConfig) -> TrainResult:
     eligible = torch.nonzero(splits.train.depth_left >= 2).squeeze(1)
     if len(eligible) == 0:
         raise ValueError(f"no training positions in {config.data_dir}")
-    weights = depth_weights(heads.num_heads, config.depth_decay)
+    weights = depth_weights(heads.num_heads, config.depth_decay).to(config.device)
     if ckpt is None:
         history.append(evaluate(heads, splits.val, config, 0))
         log.info("untrained val %s", history[-1])
@@ -254,7 +258,8 @@ def train_heads(config: TrainConfig) -> TrainResult:
     bar = tqdm(total=config.steps, initial=start_step, desc=f"train {config.kind}", unit="step")
     end = config.steps if config.stop_after is None else min(config.steps, config.stop_after)
     for step in range(start_step, end):
-        batch = make_batch(splits.train, batch_indices(eligible, step, config), heads.num_heads)
+        idx = batch_indices(eligible, step, config)
+        batch = make_batch(splits.train, idx, heads.num_heads, config.device)
         noise_gen = torch.Generator().manual_seed(config.seed * 100_003 + step)
         losses, _ = head_losses(heads, batch, config.noise, noise_gen)
         loss = (losses * weights).sum()

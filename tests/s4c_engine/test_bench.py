@@ -25,7 +25,7 @@ SPECIAL = ["<unk>", "<|im_start|>", "<|im_end|>"]
 CHARS = list("abcdefghijklmnopqrstuvwxyz .,?!0123456789")
 
 
-def _write_tiny_model_dir(path: Path) -> Path:
+def write_tiny_model_dir(path: Path) -> Path:
     """A tiny llama + a character-level tokenizer with a chat template, as a model directory."""
     vocab = {t: i for i, t in enumerate(SPECIAL + CHARS)}
     model = tiny_model("llama", vocab_size=64)
@@ -57,7 +57,7 @@ def _write_tiny_model_dir(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write_tiny_model_dir(tmp_path_factory.mktemp("bench") / "tiny-bench")
+    return write_tiny_model_dir(tmp_path_factory.mktemp("bench") / "tiny-bench")
 
 
 def test_both_prompt_formats_and_first_n_per_category(tmp_path: Path) -> None:

@@ -1,0 +1,96 @@
+"""`s4c train-heads`: distil (resumable), then train each head kind, then export the heads.
+
+`cli_main(TrainHeadsConfig)` is the whole recipe as one call; the s4c CLI only maps options
+onto the config. Every stage resumes: rerunning the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from s4c_engine.heads import CONFIG_FILE, WEIGHTS_FILE, HeadKind
+from s4c_engine.training.distill import DistillConfig, run_distill
+from s4c_engine.training.train import TrainConfig, TrainResult, train_heads
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class TrainHeadsConfig:
+    """The recipe behind the shipped heads (defaults) for any HF causal LM directory.
+
+    work_dir holds the distillation data (`distill/`) and one training run per kind
+    (`<kind>/`); out_dir (optional) receives the final heads as `<kind>/` directories.
+    """
+
+    model_dir: Path
+    work_dir: Path
+    out_dir: Path | None = None
+    train_dir: Path | None = None  # None: shared/data/train beside the repository
+    kinds: tuple[HeadKind, ...] = ("s4c", "medusa")
+    skip_distill: bool = False
+    samples: int | None = 2000  # distil until this many answers exist (None: the whole mix)
+    per_category: int = 1500
+    max_new_tokens: int = 160
+    distill_batch_size: int = 16
+    num_heads: int = 4
+    draft_vocab_size: int = 8192
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    save_dtype: str = "float16"
+    seed: int = 0
+    threads: int | None = None
+    device: str = "cpu"
+
+
+def cli_main(config: TrainHeadsConfig) -> list[TrainResult]:
+    """Distil, train every kind, copy the heads to out_dir; returns one result per kind."""
+    data_dir = config.work_dir / "distill"
+    if not config.skip_distill:
+        run_distill(
+            DistillConfig(
+                model_dir=config.model_dir,
+                train_dir=config.train_dir or REPO_ROOT.parent / "shared" / "data" / "train",
+                out_dir=data_dir,
+                per_category=config.per_category,
+                seed=config.seed,
+                batch_size=config.distill_batch_size,
+                max_new_tokens=config.max_new_tokens,
+                max_samples=config.samples,
+                threads=config.threads,
+                device=config.device,
+            )
+        )
+    results = []
+    for kind in config.kinds:
+        result = train_heads(
+            TrainConfig(
+                model_dir=config.model_dir,
+                data_dir=data_dir,
+                out_dir=config.work_dir / kind,
+                kind=kind,
+                num_heads=config.num_heads,
+                draft_vocab_size=config.draft_vocab_size,
+                steps=config.steps,
+                batch_size=config.batch_size,
+                lr=config.lr,
+                save_dtype=config.save_dtype,
+                seed=config.seed,
+                threads=config.threads,
+                device=config.device,
+            )
+        )
+        results.append(result)
+        if config.out_dir is not None:
+            dest = config.out_dir / kind
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in (CONFIG_FILE, WEIGHTS_FILE):
+                shutil.copyfile(result.heads_dir / name, dest / name)
+            log.info("%s heads written to %s", kind, dest)
+    return results
