@@ -251,6 +251,19 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 },
             }
         },
+        "/docs": {
+            "get": {
+                "operationId": "docs",
+                "summary": "A human-readable index of this document.",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "HTML page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
