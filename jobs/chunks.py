@@ -48,8 +48,8 @@ def claim_chunk(
 ) -> Claim | None:
     """Lease chunk `chunk_id` to `owner` for `lease_seconds` (attempts + 1).
 
-    Succeeds only if the chunk is queued or its lease has expired and its job is still
-    runnable; otherwise returns None (done, leased by someone else, job cancelled), which makes
+    Succeeds only if the chunk is queued, its lease has expired or is already `owner`'s,
+    and its job is still runnable; otherwise returns None (done, leased by someone else, job cancelled), which makes
     a duplicate delivery a cheap no-op. The job moves validating -> in_progress on first claim.
     """
     now = now or utcnow()
@@ -61,6 +61,8 @@ def claim_chunk(
             or_(
                 Chunk.state == ChunkState.QUEUED,
                 and_(Chunk.state == ChunkState.RUNNING, Chunk.lease_expires_at < now),
+                # the same worker retrying (e.g. after a database outage) takes its lease back
+                and_(Chunk.state == ChunkState.RUNNING, Chunk.lease_owner == owner),
             ),
             job_runnable,
         )

@@ -1,0 +1,206 @@
+"""`run_chunk` and `sweep_once` (the functions behind the tasks) on a real tiny engine,
+a real PostgreSQL database and a real Redis; no Celery worker involved."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import messaging, store
+from jobs.db import create_db_engine, session_factory, transaction
+from jobs.models import Chunk, ChunkState, Job, JobStatus, Result, ResultStatus, utcnow
+from jobs.settings import Settings
+from jobs.types import NewJob, NewRequest
+from s4c_engine.config import ChatMessage, Prompt, SamplingParams
+from worker.generation import run_chunk
+from worker.sweep import sweep_once
+
+
+@pytest.fixture(scope="module")
+def engine(worker_model_dir: Path) -> Any:
+    from s4c_engine.engine import Engine
+
+    return Engine.load(worker_model_dir, method="ar", max_batch_size=4)
+
+
+@pytest.fixture
+def sessions(worker_settings: Settings) -> Iterator[sessionmaker[Session]]:
+    db = create_db_engine(worker_settings.database_url)
+    yield session_factory(db)
+    db.dispose()
+
+
+def submit(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    n: int,
+    *,
+    max_tokens: int = 6,
+    baseline_sample: float = 0.0,
+    bad: set[int] | None = None,
+) -> tuple[str, list[int]]:
+    requests = []
+    for i in range(n):
+        text = "word " * 400 if i in (bad or set()) else f"Tell me about number {i}."
+        prompt = Prompt(messages=(ChatMessage("user", text),)) if i % 2 else Prompt(text=text)
+        requests.append(NewRequest(f"r{i}", prompt, SamplingParams(max_tokens=max_tokens), i))
+    with transaction(sessions) as session:
+        tenant = store.create_tenant(session, "acme")
+        job = store.create_job(
+            session,
+            tenant,
+            NewJob(requests, model=settings.model_name, baseline_sample=baseline_sample),
+            settings=settings,
+        )
+        return job.id, store.chunk_ids(session, job.id)
+
+
+def job_of(sessions: sessionmaker[Session], job_id: str) -> Job:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def results_of(sessions: sessionmaker[Session], job_id: str) -> list[Result]:
+    with sessions() as session:
+        query = select(Result).where(Result.job_id == job_id).order_by(Result.input_index)
+        return list(session.scalars(query))
+
+
+def test_chunks_complete_the_job_with_stats_and_a_measured_baseline(
+    sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
+) -> None:
+    job_id, chunk_ids = submit(sessions, worker_settings, 6, baseline_sample=1.0)
+    reports = [run_chunk(sessions, engine, c, "w1", worker_settings) for c in chunk_ids]
+    assert [r.outcome for r in reports] == ["recorded", "recorded"]
+    results = results_of(sessions, job_id)
+    assert [r.custom_id for r in results] == [f"r{i}" for i in range(6)]
+    assert all(r.status == ResultStatus.SUCCEEDED and r.completion_tokens for r in results)
+    job = job_of(sessions, job_id)
+    view = store.job_view(job)
+    assert view["status"] == "completed"
+    assert view["request_counts"] == {"total": 6, "completed": 6, "failed": 0, "cancelled": 0}
+    stats = view["stats"]
+    assert stats["method"] == "ar"
+    assert stats["tokens_generated"] == sum(r.completion_tokens or 0 for r in results)
+    assert stats["generation_seconds"] > 0 and stats["tokens_per_second"] > 0
+    assert stats["batch_sizes"] == [2, 4]
+    baseline = stats["baseline"]
+    assert baseline["measured"] and baseline["sample_size"] == 6
+    assert baseline["tokens_per_second"] > 0 and baseline["speedup"] > 0
+    assert baseline["greedy_checked"] == 6 and baseline["greedy_matched"] == 6
+
+
+def test_rerunning_a_chunk_never_duplicates_results(
+    sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
+) -> None:
+    job_id, chunk_ids = submit(sessions, worker_settings, 3)
+    assert run_chunk(sessions, engine, chunk_ids[0], "w1", worker_settings).outcome == "recorded"
+    assert run_chunk(sessions, engine, chunk_ids[0], "w2", worker_settings).outcome == "skipped"
+    with sessions() as session:
+        assert session.scalar(select(func.count(Result.id)).where(Result.job_id == job_id)) == 3
+
+
+def test_a_failing_request_gets_an_error_and_the_rest_complete(
+    sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
+) -> None:
+    job_id, chunk_ids = submit(sessions, worker_settings, 4, bad={2})
+    assert run_chunk(sessions, engine, chunk_ids[0], "w1", worker_settings).outcome == "recorded"
+    results = results_of(sessions, job_id)
+    assert [r.status for r in results] == [
+        ResultStatus.SUCCEEDED,
+        ResultStatus.SUCCEEDED,
+        ResultStatus.FAILED,
+        ResultStatus.SUCCEEDED,
+    ]
+    assert results[2].error is not None and results[2].error["code"] == "invalid_prompt"
+    view = store.job_view(job_of(sessions, job_id))
+    assert view["status"] == "completed"
+    assert view["request_counts"]["failed"] == 1 and view["request_counts"]["completed"] == 3
+
+
+def test_a_chunk_past_its_attempts_fails_its_suspect_and_finishes_the_rest(
+    sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
+) -> None:
+    job_id, chunk_ids = submit(sessions, worker_settings, 4)
+    with transaction(sessions) as session:  # three earlier attempts died mid-chunk
+        session.execute(update(Chunk).where(Chunk.id == chunk_ids[0]).values(attempts=3))
+    report = run_chunk(sessions, engine, chunk_ids[0], "w1", worker_settings)
+    assert report.outcome == "recorded"
+    results = results_of(sessions, job_id)
+    assert [r.status for r in results] == [ResultStatus.FAILED] + [ResultStatus.SUCCEEDED] * 3
+    assert results[0].error is not None and results[0].error["code"] == "attempts_exhausted"
+    assert job_of(sessions, job_id).status == JobStatus.COMPLETED
+
+
+def test_shutdown_mid_chunk_hands_the_chunk_back(
+    sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
+) -> None:
+    job_id, chunk_ids = submit(sessions, worker_settings, 4, max_tokens=200)
+    shutdown = threading.Event()
+    timer = threading.Timer(0.3, shutdown.set)
+    timer.start()
+    report = run_chunk(sessions, engine, chunk_ids[0], "w1", worker_settings, shutdown=shutdown)
+    timer.cancel()
+    assert report.outcome == "handed_back"
+    with sessions() as session:
+        chunk = session.get(Chunk, chunk_ids[0])
+        assert chunk is not None
+        assert (chunk.state, chunk.lease_owner, chunk.attempts) == (ChunkState.QUEUED, None, 0)
+    assert all(r.status == ResultStatus.SUCCEEDED for r in results_of(sessions, job_id))
+    # another worker picks it up and finishes exactly the requests that were left
+    assert run_chunk(sessions, engine, chunk_ids[0], "w2", worker_settings).outcome == "recorded"
+    assert len(results_of(sessions, job_id)) == 4
+    assert job_of(sessions, job_id).status == JobStatus.COMPLETED
+
+
+def test_cancel_mid_chunk_stops_the_work_and_keeps_finished_results(
+    sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
+) -> None:
+    job_id, chunk_ids = submit(sessions, worker_settings, 8, max_tokens=200)
+
+    def cancel() -> None:
+        with transaction(sessions) as session:
+            tenant = store.create_tenant(session, "acme")
+            store.cancel_job(session, tenant, job_id)
+
+    timer = threading.Timer(0.5, cancel)
+    timer.start()
+    assert run_chunk(sessions, engine, chunk_ids[0], "w1", worker_settings).outcome == "recorded"
+    timer.join()
+    assert run_chunk(sessions, engine, chunk_ids[1], "w1", worker_settings).outcome == "skipped"
+    job = job_of(sessions, job_id)
+    assert job.status == JobStatus.CANCELLED
+    results = results_of(sessions, job_id)
+    assert len(results) == 8 and job.cancelled_count >= 4
+    assert job.completed_count + job.failed_count + job.cancelled_count == 8
+
+
+def test_sweep_requeues_expired_leases_and_lost_messages(
+    sessions: sessionmaker[Session], worker_settings: Settings
+) -> None:
+    celery = messaging.make_celery(worker_settings)
+    queue = messaging.queue_for_model(worker_settings.model_name)
+    job_id, chunk_ids = submit(sessions, worker_settings, 8)  # two chunks, never enqueued
+    with transaction(sessions) as session:
+        claim = store.claim_chunk(session, chunk_ids[0], "dead", lease_seconds=1)
+        assert claim is not None
+    later = utcnow() + timedelta(seconds=5)
+    report = sweep_once(sessions, celery, worker_settings, now=later)
+    assert (report.expired, report.requeued) == (1, 2)
+    assert messaging.queue_depth(celery, queue) == 2
+    with sessions() as session:
+        states = session.scalars(select(Chunk.state).where(Chunk.job_id == job_id)).all()
+        assert set(states) == {ChunkState.QUEUED}
+    # messages are waiting now: the next sweep sends nothing more
+    assert sweep_once(sessions, celery, worker_settings, now=later).requeued == 0
+    with celery.connection_for_write() as connection:
+        connection.default_channel.queue_purge(queue)

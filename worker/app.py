@@ -1,0 +1,73 @@
+"""The worker's Celery app: `celery -A worker.app worker` or `worker.launch.run_worker`.
+
+`create_worker_app(settings)` builds the app, registers the tasks and adds a bootstep that
+refuses an un-migrated database, runs the lease sweep thread and turns a warm shutdown
+(SIGTERM) into "stop the current chunk and hand it back". The module attribute `celery_app`
+(also `app`) is created on first access from `Settings.from_env()`, so importing this module
+reads nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.signals import worker_shutting_down
+
+from jobs.messaging import make_celery
+from jobs.migrate import require_up_to_date
+from jobs.settings import Settings
+from worker.runtime import WorkerRuntime
+from worker.sweep import SweepThread
+from worker.tasks import register_tasks
+
+log = logging.getLogger(__name__)
+
+
+def create_worker_app(settings: Settings, *, runtime: WorkerRuntime | None = None) -> Celery:
+    """A Celery app with the s4c tasks and the lease-sweep bootstep, for one worker process."""
+    runtime = runtime or WorkerRuntime(settings)
+    app = make_celery(settings)
+    register_tasks(app, runtime)
+    app.steps["worker"].add(_lifecycle_step(app, runtime))
+    return app
+
+
+def _lifecycle_step(app: Celery, runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
+    sweeper = SweepThread(runtime.sessions, app, runtime.settings)
+
+    def on_shutting_down(**_kwargs: Any) -> None:
+        runtime.shutdown.set()  # runs in the signal handler: only set a flag
+
+    class WorkerLifecycle(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Checks the schema, runs the sweep thread, relays warm shutdown to the chunk."""
+
+        def start(self, worker: Any) -> None:
+            require_up_to_date(runtime.db)
+            worker_shutting_down.connect(on_shutting_down, weak=False)
+            sweeper.start()
+            log.info(
+                "worker %s ready (lease sweep every %ss)",
+                runtime.worker_id,
+                runtime.settings.sweep_interval_seconds,
+            )
+
+        def stop(self, worker: Any) -> None:
+            runtime.shutdown.set()
+            sweeper.stop()
+
+    return WorkerLifecycle
+
+
+@functools.cache
+def _entry_point_app() -> Celery:
+    return create_worker_app(Settings.from_env())
+
+
+def __getattr__(name: str) -> Celery:
+    # `celery -A worker.app` looks up `app`, then `celery`; `celery_app` is the documented name.
+    if name in ("celery_app", "app", "celery"):
+        return _entry_point_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
