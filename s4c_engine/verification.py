@@ -118,7 +118,7 @@ def accept(
     return Acceptance(
         path_nodes=path_nodes,
         accepted=counts,
-        emitted=[path_tokens[r][1 : counts[r] + 1] + [bonus[r]] for r in range(b)],
+        emitted=[[*path_tokens[r][1 : counts[r] + 1], bonus[r]] for r in range(b)],
         last_node=last,
         has_children=[deeper[r][: counts[r] + 1] for r in range(b)],
     )

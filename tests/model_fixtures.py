@@ -6,8 +6,12 @@ greedy continuations are varied rather than one repeated token.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen2Config
+
+from s4c_engine.heads import DraftHeads, HeadConfig
 
 ARCHS = ("llama", "qwen2")
 TINY_VOCAB = 64
@@ -51,3 +55,37 @@ def tiny_model(
             if p.dim() == 2:
                 p.mul_(4.0)  # sharper logits: fewer ties, varied continuations
     return model.to(device=device, dtype=dtype).eval()
+
+
+DEFAULT_MODEL_DIR = Path.home() / ".cache" / "s4c" / "models" / "SmolLM2-135M-Instruct"
+
+
+def has_default_model() -> bool:
+    return (DEFAULT_MODEL_DIR / "model.safetensors").is_file()
+
+
+def available_devices() -> list[str]:
+    """cpu always, cuda when this machine has it."""
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def random_heads(
+    model: torch.nn.Module,
+    kind: str = "s4c",
+    *,
+    num_heads: int = 4,
+    draft_vocab_size: int | None = None,
+    seed: int = 0,
+    scale: float = 0.05,
+) -> DraftHeads:
+    """Untrained heads with random perturbations (not the identity start)."""
+    vocab = int(model.config.vocab_size)
+    config = HeadConfig.for_target(
+        model, "tiny", kind=kind, num_heads=num_heads, draft_vocab_size=draft_vocab_size or vocab
+    )
+    heads = DraftHeads.create(config, model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator).to(p))
+    return heads.eval()

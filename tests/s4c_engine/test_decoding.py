@@ -1,0 +1,213 @@
+"""Decode loop on tiny random models: plain greedy == HF generate, speculative greedy == plain
+greedy (both head kinds, static and dynamic trees, batch 1 and ragged batches), stopping,
+seeded repeatability and cancellation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from s4c_engine.config import SamplingParams
+from s4c_engine.decoding import DecodeOutput, DecodeRequest, decode_batch
+from s4c_engine.drafting import TreeShape
+from s4c_engine.stopping import StopRule
+from s4c_engine.target import Target
+from s4c_engine.tree import TreeSpec
+from s4c_engine.tree_policy import TreePolicy
+from tests.model_fixtures import ARCHS, available_devices, random_heads, tiny_model
+
+PROMPTS = [[1, 5, 9, 3, 4, 7], [1, 8, 2], [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 11], [7]]
+STATIC_SPEC = TreeSpec(((0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 0, 0, 0)))
+DYNAMIC = TreePolicy(
+    ((1, TreeShape(nodes=12, depth=4, top_k=3)), (8, TreeShape(nodes=6, depth=3, top_k=2)))
+)
+STATIC = TreePolicy(((8, TreeShape(nodes=STATIC_SPEC.num_nodes, spec=STATIC_SPEC)),))
+
+
+def _requests(
+    prompts: list[list[int]],
+    max_tokens: int = 24,
+    eos: frozenset[int] = frozenset(),
+    params: SamplingParams | None = None,
+) -> list[DecodeRequest]:
+    params = params or SamplingParams(max_tokens=max_tokens)
+    rule = StopRule(eos, max_tokens)
+    return [DecodeRequest(tuple(p), params, rule) for p in prompts]
+
+
+def _ids(outputs: list[DecodeOutput]) -> list[list[int]]:
+    return [list(o.token_ids) for o in outputs]
+
+
+def _hf_greedy(model: torch.nn.Module, prompt: list[int], max_tokens: int) -> list[int]:
+    device = next(model.parameters()).device
+    out = model.generate(
+        torch.tensor([prompt], device=device),
+        max_new_tokens=max_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("device", available_devices())
+@pytest.mark.parametrize("arch", ARCHS)
+def test_plain_greedy_equals_hf_generate_alone_and_in_ragged_batch(arch: str, device: str) -> None:
+    model = tiny_model(arch, device=device)
+    target = Target(model)
+    expected = [_hf_greedy(model, p, 24) for p in PROMPTS]
+    assert _ids(decode_batch(target, _requests(PROMPTS[:1]))) == expected[:1]
+    assert _ids(decode_batch(target, _requests(PROMPTS))) == expected
+
+
+@pytest.mark.parametrize("device", available_devices())
+@pytest.mark.parametrize("policy", [DYNAMIC, STATIC], ids=["dynamic", "static"])
+@pytest.mark.parametrize("kind", ["s4c", "medusa"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_speculative_greedy_equals_plain_greedy(
+    arch: str, kind: str, policy: TreePolicy, device: str
+) -> None:
+    model = tiny_model(arch, device=device)
+    target = Target(model)
+    heads = random_heads(model, kind).to(device)
+    plain = _ids(decode_batch(target, _requests(PROMPTS)))
+    batch = decode_batch(target, _requests(PROMPTS), heads=heads, policy=policy)
+    assert _ids(batch) == plain
+    alone = [decode_batch(target, _requests([p]), heads=heads, policy=policy)[0] for p in PROMPTS]
+    assert [list(o.token_ids) for o in alone] == plain
+    # The batch really speculated, and its rows accepted different amounts.
+    taus = [o.stats.tau for o in batch]
+    assert max(taus) > 1.2 and len({round(t, 6) for t in taus}) > 1
+
+
+def test_identity_start_heads_are_exact_too() -> None:
+    model = tiny_model("llama", seed=3)
+    target = Target(model)
+    heads = random_heads(model, "s4c", scale=0.0)
+    assert _ids(decode_batch(target, _requests(PROMPTS), heads=heads, policy=DYNAMIC)) == _ids(
+        decode_batch(target, _requests(PROMPTS))
+    )
+
+
+def test_eos_and_max_tokens_stop_each_row_at_the_plain_position() -> None:
+    model = tiny_model("qwen2")
+    target = Target(model)
+    heads = random_heads(model, "s4c")
+    plain = _ids(decode_batch(target, _requests(PROMPTS, max_tokens=30)))
+    eos = plain[0][5]  # a token row 0 emits at step 6
+    for h in (None, heads):
+        outs = decode_batch(
+            target, _requests(PROMPTS, max_tokens=30, eos=frozenset({eos})), heads=h, policy=DYNAMIC
+        )
+        for o, full in zip(outs, plain):
+            if eos in full:
+                cut = full.index(eos) + 1
+                assert list(o.token_ids) == full[:cut] and o.finish_reason == "stop"
+            else:
+                assert list(o.token_ids) == full and o.finish_reason == "length"
+    short = decode_batch(target, _requests(PROMPTS, max_tokens=3), heads=heads, policy=DYNAMIC)
+    assert [len(o.token_ids) for o in short] == [3] * len(PROMPTS)
+
+
+def test_stop_string_ends_at_the_token_that_completes_it() -> None:
+    model = tiny_model("llama")
+    target = Target(model)
+    plain = _ids(decode_batch(target, _requests(PROMPTS[:1], max_tokens=20)))[0]
+
+    def decode(ids: list[int] | tuple[int, ...]) -> str:
+        return "".join(f"<{i}>" for i in ids)
+
+    stop = f"<{plain[6]}><{plain[7]}>"
+    first = next(i for i in range(1, len(plain)) if stop in decode(plain[: i + 1]))
+    rule = StopRule(frozenset(), 20, (stop,))
+    for heads in (None, random_heads(model)):
+        out = decode_batch(
+            target,
+            [DecodeRequest(tuple(PROMPTS[0]), SamplingParams(), rule)],
+            heads=heads,
+            policy=DYNAMIC,
+            decode=decode,
+        )[0]
+        assert list(out.token_ids) == plain[: first + 1] and out.finish_reason == "stop"
+
+
+def test_seeded_sampling_repeats_and_seeds_differ() -> None:
+    model = tiny_model("llama")
+    target = Target(model)
+    heads = random_heads(model)
+
+    def run(seed: int) -> list[list[int]]:
+        params = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=seed)
+        return _ids(
+            decode_batch(target, _requests(PROMPTS, 16, params=params), heads=heads, policy=DYNAMIC)
+        )
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_should_stop_cancels_unfinished_rows() -> None:
+    model = tiny_model("llama")
+    calls = []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    outs = decode_batch(Target(model), _requests(PROMPTS, 20), should_stop=should_stop)
+    assert {o.finish_reason for o in outs} == {"cancelled"}
+    assert all(0 < len(o.token_ids) < 20 for o in outs)
+
+
+def test_tree_masked_logits_equal_sequential_logits() -> None:
+    """One verify forward over a tree == running each root-to-node path sequentially."""
+    from s4c_engine.attention import build_step_mask
+    from s4c_engine.kv_cache import RowKVCache
+    from s4c_engine.tree import TreeBuffers, compile_tree
+    from s4c_engine.verification import verify
+
+    model = tiny_model("qwen2")
+    target = Target(model)
+    tree = compile_tree(STATIC_SPEC)
+    prompts = [[1, 5, 9, 3], [2, 6]]
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 64, (2, tree.num_nodes), generator=gen)
+    cache = RowKVCache.allocate(model.config, 2, 64, device="cpu", dtype=torch.float32)
+
+    with torch.inference_mode():
+        for b, p in enumerate(prompts):  # fill the prefixes row by row (ragged lengths)
+            one = RowKVCache.allocate(model.config, 1, 64, device="cpu", dtype=torch.float32)
+            kv = one.begin_forward(len(p))
+            mask = build_step_mask(
+                one.lengths, kv, torch.ones(len(p), len(p)).tril().bool(), torch.float32
+            )
+            target.forward(torch.tensor([p]), torch.arange(len(p))[None], mask, one)
+            cache.storage[:, :, b] = one.storage[:, :, 0]
+        cache.advance([len(p) for p in prompts])
+        buffers = TreeBuffers(
+            tokens,
+            tree.parents.expand(2, -1),
+            tree.depths.expand(2, -1),
+            tree.ancestors.expand(2, -1, -1),
+        )
+        got = verify(target, cache, buffers).logits  # (B, N, V)
+        for b, p in enumerate(prompts):
+            for node in range(tree.num_nodes):
+                path = [n for n in range(tree.num_nodes) if tree.ancestors[node, n]]
+                seq = p + tokens[b, path].tolist()
+                want = model(torch.tensor([seq])).logits[0, -1]
+                torch.testing.assert_close(got[b, node], want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bf16_cuda_speculative_matches_plain_mostly(arch: str) -> None:
+    """bf16 rounding may flip near-ties, so compare a match rate, not exact equality."""
+    model = tiny_model(arch, device="cuda", dtype=torch.bfloat16)
+    target = Target(model)
+    heads = random_heads(model, "s4c")
+    plain = _ids(decode_batch(target, _requests(PROMPTS)))
+    spec = _ids(decode_batch(target, _requests(PROMPTS), heads=heads, policy=DYNAMIC))
+    same = sum(a == b for p, s in zip(plain, spec) for a, b in zip(p, s))
+    assert same / sum(len(p) for p in plain) >= 0.8
