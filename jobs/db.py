@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_IDLE_TX_MS = 60_000
 _DEFERRED = "s4c_sqlite_deferred"
 
 
@@ -33,8 +34,15 @@ def is_sqlite(url_or_engine: str | Engine) -> bool:
 def create_db_engine(url: str, *, echo: bool = False) -> Engine:
     """An Engine for `url`; SQLite connections are configured as the module docstring says."""
     if not is_sqlite(url):
-        # pre_ping: a worker outlives PostgreSQL restarts without manual action.
-        return create_engine(url, echo=echo, pool_pre_ping=True, future=True)
+        # pre_ping: processes outlive PostgreSQL restarts without manual action. The idle
+        # timeout frees the row locks of a process frozen mid-transaction (SIGSTOP, a paused
+        # VM); every transaction here is short and none is held while a model runs.
+        return create_engine(
+            url,
+            echo=echo,
+            pool_pre_ping=True,
+            connect_args={"options": f"-c idle_in_transaction_session_timeout={PG_IDLE_TX_MS}"},
+        )
     engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     _configure_sqlite(engine)
     return engine

@@ -1,0 +1,160 @@
+"""Real worker processes (`python -m worker.launch`) on real Redis and PostgreSQL.
+
+Each test checks the end state the service promises: the job reaches its terminal state and
+every request has exactly one result row.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import messaging, store
+from jobs.db import create_db_engine, session_factory
+from jobs.models import Chunk, ChunkState, Job, JobStatus, Result
+from jobs.settings import Settings
+from tests.worker.conftest import WorkerProcess
+from tests.worker.test_generation import submit
+
+StartWorker = Callable[[Settings], WorkerProcess]
+
+
+@pytest.fixture
+def sessions(worker_settings: Settings) -> Iterator[sessionmaker[Session]]:
+    db = create_db_engine(worker_settings.database_url)
+    yield session_factory(db)
+    db.dispose()
+
+
+def enqueue(settings: Settings, chunk_ids: list[int]) -> None:
+    celery = messaging.make_celery(settings)
+    messaging.enqueue_chunks(celery, chunk_ids, messaging.queue_for_model(settings.model_name))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def job_status(sessions: sessionmaker[Session], job_id: str) -> JobStatus:
+    with sessions() as session:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+        assert status is not None
+        return status
+
+
+def wait_terminal(
+    sessions: sessionmaker[Session], job_id: str, workers: list[WorkerProcess]
+) -> JobStatus:
+    try:
+        wait_for(lambda: job_status(sessions, job_id).is_terminal, 120, f"job {job_id}")
+    except AssertionError as exc:
+        logs = "\n".join(w.log()[-3000:] for w in workers)
+        raise AssertionError(f"{exc}\n{logs}") from None
+    return job_status(sessions, job_id)
+
+
+def assert_one_result_per_request(sessions: sessionmaker[Session], job_id: str, n: int) -> None:
+    with sessions() as session:
+        rows = session.execute(
+            select(Result.input_index, func.count(Result.id))
+            .where(Result.job_id == job_id)
+            .group_by(Result.input_index)
+        ).all()
+        job = session.get(Job, job_id)
+        assert job is not None
+    assert sorted(index for index, _ in rows) == list(range(n))
+    assert all(count == 1 for _, count in rows)
+    assert job.completed_count + job.failed_count + job.cancelled_count == n
+
+
+def running_chunk(sessions: sessionmaker[Session], job_id: str) -> bool:
+    with sessions() as session:
+        query = select(func.count(Chunk.id)).where(
+            Chunk.job_id == job_id, Chunk.state == ChunkState.RUNNING
+        )
+        return bool(session.scalar(query))
+
+
+@pytest.mark.slow
+def test_worker_runs_jobs_and_recovers_lost_messages(
+    sessions: sessionmaker[Session], worker_settings: Settings, start_worker: StartWorker
+) -> None:
+    worker = start_worker(worker_settings)
+    worker.wait_ready()
+    job_id, chunk_ids = submit(sessions, worker_settings, 10, baseline_sample=0.3)
+    enqueue(worker_settings, chunk_ids)
+    # a second job whose messages were lost (never sent): the sweep finds it in the database
+    lost_id, _ = submit(sessions, worker_settings, 5)
+    assert wait_terminal(sessions, job_id, [worker]) == JobStatus.COMPLETED
+    assert wait_terminal(sessions, lost_id, [worker]) == JobStatus.COMPLETED
+    assert_one_result_per_request(sessions, job_id, 10)
+    assert_one_result_per_request(sessions, lost_id, 5)
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        stats = store.job_view(job)["stats"]
+    assert stats["tokens_generated"] > 0 and stats["baseline"]["measured"]
+    assert worker.stop() == 0
+
+
+@pytest.mark.slow
+def test_sigterm_hands_back_the_running_chunk(
+    sessions: sessionmaker[Session], worker_settings: Settings, start_worker: StartWorker
+) -> None:
+    first = start_worker(worker_settings)
+    first.wait_ready()
+    job_id, chunk_ids = submit(sessions, worker_settings, 12, max_tokens=240)
+    enqueue(worker_settings, chunk_ids)
+    wait_for(lambda: running_chunk(sessions, job_id), 60, "a running chunk")
+    first.signal(signal.SIGTERM)
+    assert first.process.wait(60) == 0, first.log()[-3000:]
+    with sessions() as session:
+        chunks = session.scalars(select(Chunk).where(Chunk.job_id == job_id)).all()
+    assert not any(c.state == ChunkState.RUNNING for c in chunks)  # finished or handed back
+    assert all(c.attempts <= 1 for c in chunks)
+    second = start_worker(worker_settings)
+    assert wait_terminal(sessions, job_id, [first, second]) == JobStatus.COMPLETED
+    assert_one_result_per_request(sessions, job_id, 12)
+
+
+@pytest.mark.slow
+def test_killed_and_frozen_workers_lose_their_chunks_to_a_live_one(
+    sessions: sessionmaker[Session], worker_settings: Settings, start_worker: StartWorker
+) -> None:
+    settings = worker_settings.with_overrides(lease_seconds=3)
+    killed, frozen = start_worker(settings), start_worker(settings)
+    killed.wait_ready()
+    frozen.wait_ready()
+    job_id, chunk_ids = submit(sessions, settings, 16, max_tokens=240)
+    enqueue(settings, chunk_ids)
+
+    def owners() -> set[str]:
+        with sessions() as session:
+            query = select(Chunk.lease_owner).where(
+                Chunk.job_id == job_id, Chunk.state == ChunkState.RUNNING
+            )
+            return {owner for owner in session.scalars(query) if owner}
+
+    wait_for(lambda: len(owners()) == 2, 60, "both workers running a chunk")
+    killed.signal(signal.SIGKILL)
+    frozen.signal(signal.SIGSTOP)
+    alive = start_worker(settings)
+    try:
+        assert wait_terminal(sessions, job_id, [killed, frozen, alive]) == JobStatus.COMPLETED
+    finally:
+        frozen.signal(signal.SIGCONT)
+    time.sleep(3)  # the frozen worker wakes up: its heartbeat fails and its writes are fenced
+    assert_one_result_per_request(sessions, job_id, 16)
+    with sessions() as session:
+        attempts = session.scalars(select(Chunk.attempts).where(Chunk.job_id == job_id)).all()
+    assert max(attempts) == 2  # the two stolen chunks ran twice, nothing more
