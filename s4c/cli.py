@@ -18,9 +18,11 @@ from typing import Any, NoReturn
 
 import click
 
+from jobs.migrate import DatabaseNotMigrated
 from jobs.settings import Settings
 from s4c.client import Client, Job, S4CError
 from s4c.embedded import EmbeddedServerError
+from s4c.launcher import LaunchError
 from s4c.report import JobProgress, format_job, format_result
 
 EXIT_JOB_NOT_COMPLETED = 3
@@ -42,6 +44,8 @@ class S4CGroup(click.Group):
             raise CliError(str(exc)) from exc
         except FileNotFoundError as exc:
             raise CliError(f"no such file: {exc.filename}") from exc
+        except (DatabaseNotMigrated, LaunchError) as exc:
+            raise CliError(str(exc)) from exc
 
 
 def load_settings() -> Settings:
@@ -136,15 +140,13 @@ def keys_create(tenant: str) -> None:
 
 def create_api_key(settings: Settings, tenant: str) -> str:
     """A new key for the tenant (created if new), straight through the store."""
-    from jobs.migrate import is_up_to_date
-
     from jobs import store
     from jobs.db import engine_from_settings, session_factory, transaction
+    from jobs.migrate import require_up_to_date
 
     engine = engine_from_settings(settings)
     try:
-        if not is_up_to_date(engine):
-            raise CliError("the database is not migrated: run `s4c db upgrade` first")
+        require_up_to_date(engine)
         with transaction(session_factory(engine)) as session:
             _key, plaintext = store.create_api_key(session, tenant)
     finally:
@@ -162,17 +164,15 @@ def create_api_key(settings: Settings, tenant: str) -> str:
 @click.option("--threads", type=int, default=8, show_default=True, help="Threads per worker.")
 def api_command(host: str | None, port: int | None, processes: int, threads: int) -> None:
     """Serve the REST API (gunicorn, threaded)."""
-    from jobs.migrate import is_up_to_date
-
     from jobs.db import engine_from_settings
+    from jobs.migrate import require_up_to_date
     from s4c.http_server import serve_api
     from s4c.launcher import api_address
 
     settings = load_settings()
     engine = engine_from_settings(settings)
     try:
-        if not is_up_to_date(engine):
-            raise CliError("the database is not migrated: run `s4c db upgrade` first")
+        require_up_to_date(engine)
     finally:
         engine.dispose()
     default_host, default_port = api_address(settings)
@@ -185,44 +185,25 @@ def api_command(host: str | None, port: int | None, processes: int, threads: int
     )
 
 
-def pin_device(device: str, gpu: int | None) -> str:
-    """Set CUDA_VISIBLE_DEVICES for `cuda:N` / `--gpu N` and return the device code uses."""
-    if gpu is not None:
-        device = f"cuda:{gpu}"
-    if device.startswith("cuda:"):
-        index = device.split(":", 1)[1]
-        if not index.isdigit():
-            raise CliError(f"bad device {device!r}: use cpu, cuda or cuda:N")
-        # must happen before torch is imported anywhere in this process
-        os.environ["CUDA_VISIBLE_DEVICES"] = index
-        return "cuda"
-    if device not in ("cpu", "cuda"):
-        raise CliError(f"bad device {device!r}: use cpu, cuda or cuda:N")
-    return device
-
-
 @cli.command("worker")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: S4C_DEVICE).")
 @click.option("--gpu", type=int, default=None, help="GPU index; same as --device cuda:N.")
-@click.option("--name", default=None, help="Worker name (default: s4c-<host>-<pid>).")
+@click.option("--name", default=None, help="Celery node name (default: s4c-<device>@<host>).")
 @click.option("--queue", "queues", multiple=True, help="Queue(s) (default: the model's).")
 def worker_command(
     device: str | None, gpu: int | None, name: str | None, queues: tuple[str, ...]
 ) -> None:
-    """Run one generation worker (one per GPU) until SIGTERM."""
+    """Run one generation worker (one per GPU) until SIGTERM (warm shutdown)."""
     settings = load_settings()
-    code_device = pin_device(device or settings.device, gpu)
     if settings.broker_url is None:
         raise CliError("no broker: set S4C_BROKER_URL (`s4c serve` starts one for you)")
-    from jobs.messaging import queue_for_model
-    from worker.launch import run_worker
+    from worker.launch import LaunchError, run_worker  # pins the GPU before torch loads
 
-    run_worker(
-        settings.with_overrides(device=code_device),
-        device=code_device,
-        queues=list(queues) or [queue_for_model(settings.model_name)],
-        name=name or f"s4c-{os.uname().nodename}-{os.getpid()}",
-    )
+    try:
+        code = run_worker(settings, device=device, gpu=gpu, queues=list(queues) or None, name=name)
+    except LaunchError as exc:
+        raise CliError(str(exc)) from exc
+    sys.exit(code)
 
 
 @cli.command("serve")
@@ -239,7 +220,7 @@ def serve(
     SQLite under $S4C_HOME unless S4C_DATABASE_URL is set; a private Redis unless
     S4C_BROKER_URL is set. Without --demo it keeps serving until Ctrl-C.
     """
-    from s4c.launcher import LaunchError, ServiceStack
+    from s4c.launcher import ServiceStack
 
     settings = load_settings()
     if settings.model_dir is None:
@@ -248,16 +229,9 @@ def serve(
         fetch_default_model(settings.home, progress=True)
     click.echo(f"starting the service (logs in {settings.home / 'logs'}) ...", err=True)
     started = time.monotonic()
-    try:
-        stack = ServiceStack.start(
-            settings,
-            workers=workers,
-            device=device or settings.device,
-            environ=os.environ,
-            port=port,
-        )
-    except LaunchError as exc:
-        raise CliError(str(exc)) from exc
+    stack = ServiceStack.start(
+        settings, workers=workers, device=device or settings.device, environ=os.environ, port=port
+    )
     settings = stack.settings
     click.echo(
         f"service ready in {time.monotonic() - started:.1f} s: API {settings.api_url}, "
@@ -270,8 +244,6 @@ def serve(
             job = run_demo(settings)
         if keep_running or not demo:
             serve_until_interrupted(stack.check_alive)
-    except LaunchError as exc:
-        raise CliError(str(exc)) from exc
     finally:
         click.echo("stopping the service ...", err=True)
         stack.stop()

@@ -122,7 +122,7 @@ class ServiceStack:
             stack._spawn("api", ["api", "--host", host, "--port", str(port)], env)
             for index in range(workers):
                 name = f"worker-{index}"
-                stack._spawn(name, ["worker", "--device", device, "--name", name], env)
+                stack._spawn(name, ["worker", "--device", device, "--name", f"{name}@%h"], env)
             stack._wait_ready(workers)
         except BaseException:
             stack.stop()

@@ -123,7 +123,7 @@ def test_a_malformed_jsonl_file_is_a_clear_error_naming_the_line(
         (["results", "job_doesnotexist"], "valid", "404"),
         (["submit", "/nonexistent.jsonl"], "valid", "does not exist"),
         (["submit", "{tmp}/x.jsonl", "-m", "novalue"], "valid", "KEY=VALUE"),
-        (["worker", "--device", "tpu"], None, "bad device"),
+        (["worker"], None, "no broker"),
     ],
 )
 def test_user_errors_exit_1_with_one_line_and_no_traceback(
@@ -171,3 +171,10 @@ def test_a_bad_setting_is_a_clear_error() -> None:
     result = run(["status", "job_x"], {"S4C_CHUNK_SIZE": "many", "S4C_API_KEY": "k"})
     assert result.exit_code == 1
     assert "S4C_CHUNK_SIZE must be an integer" in result.output
+
+
+def test_worker_with_an_unknown_device_is_a_clear_error() -> None:
+    result = run(["worker", "--device", "tpu"], {"S4C_BROKER_URL": "redis://127.0.0.1:1/0"})
+    assert result.exit_code == 1
+    assert "unknown device 'tpu'" in result.output
+    assert "Traceback" not in result.output
