@@ -6,13 +6,14 @@ listed next to it; keep this file in step with `api/routes/` (tests/api check th
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api import response_models as out
-from api.schemas import BatchLine, JobIn, UploadOptions
+from api.schemas import MAX_INDEX, BatchLine, JobIn, UploadOptions
 from jobs.settings import Settings
 
 REF = "#/components/schemas/{model}"
@@ -21,6 +22,26 @@ JSONL_MEDIA_TYPES = ("application/jsonl", "application/x-ndjson")
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": REF.format(model=name)}
+
+
+def _exactly_one_of(schema: dict[str, Any], first: str, second: str) -> dict[str, Any]:
+    """Rewrite an object schema whose fields `first`/`second` are exclusive as a oneOf of two
+    complete variants (generators handle that better than a oneOf beside `properties`)."""
+    variants = []
+    for given, absent in ((first, second), (second, first)):
+        variant = copy.deepcopy(schema)
+        variant.pop("title", None)
+        variant.pop("description", None)
+        branches = variant["properties"][given]["anyOf"]
+        variant["properties"][given] = next(b for b in branches if b.get("type") != "null")
+        variant["properties"][absent] = {"type": "null"}
+        variant["required"] = [*variant.get("required", []), given]
+        variants.append(variant)
+    return {
+        "title": schema.get("title"),
+        "description": schema.get("description"),
+        "oneOf": variants,
+    }
 
 
 def _component_schemas(settings: Settings) -> dict[str, Any]:
@@ -46,6 +67,12 @@ def _component_schemas(settings: Settings) -> dict[str, Any]:
                     if branch.get("type") == "integer":
                         branch["maximum"] = settings.max_tokens_limit
     schemas["JobIn"]["properties"]["requests"]["maxItems"] = settings.max_requests_per_job
+    served = {"anyOf": [{"const": settings.model_name}, {"type": "null"}], "default": None}
+    for name in ("JobIn", "BatchBody"):
+        schemas[name]["properties"]["model"] = served
+    for name in INPUT_SCHEMAS:
+        _forbid_nul(schemas[name])
+    schemas["RequestIn"] = _exactly_one_of(schemas["RequestIn"], "prompt", "messages")
     schemas["JobUpload"] = {
         "type": "object",
         "description": "Multipart upload: a JSONL file of OpenAI Batch lines plus job options.",
@@ -60,6 +87,34 @@ def _component_schemas(settings: Settings) -> dict[str, Any]:
         "additionalProperties": False,
     }
     return schemas
+
+
+INPUT_SCHEMAS = (
+    "JobIn",
+    "RequestIn",
+    "SamplingFields",
+    "MessageIn",
+    "BatchLine",
+    "BatchBody",
+    "BatchMessage",
+    "TextPart",
+    "UploadOptions",
+)
+NO_NUL = "^[^\\u0000]*$"
+
+
+def _forbid_nul(node: Any) -> None:
+    """Input strings may not hold NUL (no database stores it): say so in every string schema."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and "pattern" not in node and "const" not in node:
+            node["pattern"] = NO_NUL
+        if isinstance(node.get("propertyNames"), dict):
+            node["propertyNames"].setdefault("pattern", NO_NUL)
+        for value in node.values():
+            _forbid_nul(value)
+    elif isinstance(node, list):
+        for value in node:
+            _forbid_nul(value)
 
 
 def _problem(description: str, *headers: str) -> dict[str, Any]:
@@ -197,7 +252,7 @@ def _paths(settings: Settings) -> dict[str, Any]:
                     {
                         "name": "after",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": -1, "maximum": 2**63 - 1},
+                        "schema": {"type": "integer", "minimum": -1, "maximum": MAX_INDEX},
                     },
                     {
                         "name": "limit",

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -23,8 +24,21 @@ from pydantic import (
 MAX_METADATA_PAIRS = 16
 MAX_SEED = 2**63 - 1
 MAX_TOP_K = 2**31 - 1
+MAX_INDEX = 2**31 - 1  # input indexes are 32-bit INTEGER columns
 MAX_STOP_STRINGS = 4
 
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 5.0 is an integer to JSON Schema, so accept it as 5.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Constraints first, then the validator: that order keeps minimum/maximum in the JSON schema.
+PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+TopK = Annotated[int, Field(ge=0, le=MAX_TOP_K), BeforeValidator(_integral)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral)]
 CustomId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -87,11 +101,11 @@ class StrictModel(BaseModel):
 class SamplingFields(StrictModel):
     """Generation knobs; every field optional (job defaults, then engine defaults fill gaps)."""
 
-    max_tokens: int | None = Field(None, ge=1, description="Tokens to generate at most.")
+    max_tokens: PositiveInt | None = Field(None, description="Tokens to generate at most.")
     temperature: float | None = Field(None, ge=0, le=2, description="0 means greedy.")
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K, description="0 disables top-k.")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    top_k: TopK | None = Field(None, description="0 disables top-k.")
+    seed: Seed | None = None
     stop: list[StopString] | None = Field(None, max_length=MAX_STOP_STRINGS)
 
     @field_validator("max_tokens")
@@ -166,10 +180,22 @@ class BatchMessage(StrictModel):
 class BatchBody(SamplingFields):
     """The `body` of an OpenAI Batch line; `max_completion_tokens` is an alias of max_tokens."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": {
+                "required": ["max_tokens", "max_completion_tokens"],
+                "properties": {
+                    "max_tokens": {"type": "integer"},
+                    "max_completion_tokens": {"type": "integer"},
+                },
+            }
+        }
+    )
+
     model: str | None = Field(None, min_length=1, max_length=256)
     messages: list[BatchMessage] | None = Field(None, min_length=1)
     prompt: str | None = Field(None, min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: PositiveInt | None = None
     stop: list[StopString] | StopString | None = Field(None)  # type: ignore[assignment]
 
     @field_validator("max_completion_tokens")
@@ -204,8 +230,29 @@ class BatchBody(SamplingFields):
         return self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
 
 
+def _body_for(url: str, needed: str, absent: str) -> dict[str, Any]:
+    return {
+        "properties": {
+            "url": {"const": url},
+            "body": {
+                "required": [needed],
+                "properties": {needed: {"type": ["array", "string"]}, absent: {"type": "null"}},
+            },
+        }
+    }
+
+
 class BatchLine(StrictModel):
     """One line of an OpenAI Batch input file."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                _body_for("/v1/chat/completions", "messages", "prompt"),
+                _body_for("/v1/completions", "prompt", "messages"),
+            ]
+        }
+    )
 
     custom_id: CustomId
     method: Literal["POST"]
@@ -238,7 +285,9 @@ def validation_context(limits: InputLimits) -> dict[str, Any]:
 
 
 class JobListQuery(BaseModel):
-    """Query of `GET /v1/jobs` (query strings are coerced, unknown parameters ignored)."""
+    """Query of `GET /v1/jobs` (query strings are coerced; unknown parameters rejected)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     after: str | None = Field(None, min_length=1, max_length=80)
     limit: int = Field(20, ge=1, le=100)
@@ -247,5 +296,7 @@ class JobListQuery(BaseModel):
 class ResultListQuery(BaseModel):
     """Query of `GET /v1/jobs/{id}/results`: results with index > `after`, in input order."""
 
-    after: int | None = Field(None, ge=-1, le=MAX_SEED)
+    model_config = ConfigDict(extra="forbid")
+
+    after: int | None = Field(None, ge=-1, le=MAX_INDEX)
     limit: int = Field(100, ge=1, le=1000)

@@ -134,3 +134,13 @@ def test_bad_idempotency_key_is_rejected(
     )
     assert_problem(response, 422, "Idempotency-Key")
     assert row_counts(app) == before
+
+
+def test_results_query_out_of_range_is_422_not_a_crash(
+    client: FlaskClient, tenant: ApiTenant
+) -> None:
+    job = create(client, tenant, 1)
+    url = f"/v1/jobs/{job['id']}/results"
+    assert_problem(client.get(f"{url}?after={2**40}", headers=tenant.headers), 422, "after")
+    assert_problem(client.get(f"{url}?limit=5&color=red", headers=tenant.headers), 422, "color")
+    assert client.get(f"{url}?after={2**31 - 1}", headers=tenant.headers).status_code == 200

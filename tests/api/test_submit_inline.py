@@ -44,7 +44,7 @@ def test_inline_job_is_stored_and_returned(
     ("change", "field"),
     [
         ({"max_tokens": "5"}, "requests[0].max_tokens"),
-        ({"max_tokens": 1.0}, "requests[0].max_tokens"),
+        ({"max_tokens": 1.5}, "requests[0].max_tokens"),
         ({"max_tokens": True}, "requests[0].max_tokens"),
         ({"max_tokens": 0}, "requests[0].max_tokens"),
         ({"max_tokens": 10**9}, "requests[0].max_tokens"),
