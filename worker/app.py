@@ -26,16 +26,24 @@ from worker.tasks import register_tasks
 log = logging.getLogger(__name__)
 
 
-def create_worker_app(settings: Settings, *, runtime: WorkerRuntime | None = None) -> Celery:
-    """A Celery app with the s4c tasks and the lease-sweep bootstep, for one worker process."""
+def create_worker_app(
+    settings: Settings, *, runtime: WorkerRuntime | None = None, preload_engine: bool = False
+) -> Celery:
+    """A Celery app with the s4c tasks and the lifecycle bootstep, for one worker process.
+
+    `preload_engine` loads the model before the worker consumes (only for the solo pool,
+    where tasks run in this process; a prefork parent must never touch CUDA).
+    """
     runtime = runtime or WorkerRuntime(settings)
     app = make_celery(settings)
     register_tasks(app, runtime)
-    app.steps["worker"].add(_lifecycle_step(app, runtime))
+    app.steps["worker"].add(_lifecycle_step(app, runtime, preload_engine))
     return app
 
 
-def _lifecycle_step(app: Celery, runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
+def _lifecycle_step(
+    app: Celery, runtime: WorkerRuntime, preload_engine: bool
+) -> type[bootsteps.StartStopStep]:
     sweeper = SweepThread(runtime.sessions, app, runtime.settings)
 
     def on_shutting_down(**_kwargs: Any) -> None:
@@ -46,6 +54,8 @@ def _lifecycle_step(app: Celery, runtime: WorkerRuntime) -> type[bootsteps.Start
 
         def start(self, worker: Any) -> None:
             require_up_to_date(runtime.db)
+            if preload_engine:
+                runtime.engine()
             worker_shutting_down.connect(on_shutting_down, weak=False)
             sweeper.start()
             log.info(

@@ -73,7 +73,7 @@ def run_worker(
         db.dispose()
     from worker.app import create_worker_app  # after pinning: nothing below touches CUDA early
 
-    app = create_worker_app(settings)
+    app = create_worker_app(settings, preload_engine=True)  # solo pool: load before consuming
     worker = app.Worker(
         hostname=name or f"s4c-{resolved.replace(':', '')}@%h",
         queues=list(queues or [queue_for_model(settings.model_name)]),

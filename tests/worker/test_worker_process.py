@@ -113,7 +113,7 @@ def test_sigterm_hands_back_the_running_chunk(
 ) -> None:
     first = start_worker(worker_settings)
     first.wait_ready()
-    job_id, chunk_ids = submit(sessions, worker_settings, 12, max_tokens=240)
+    job_id, chunk_ids = submit(sessions, worker_settings, 8, max_tokens=60)
     enqueue(worker_settings, chunk_ids)
     wait_for(lambda: running_chunk(sessions, job_id), 60, "a running chunk")
     first.signal(signal.SIGTERM)
@@ -124,7 +124,7 @@ def test_sigterm_hands_back_the_running_chunk(
     assert all(c.attempts <= 1 for c in chunks)
     second = start_worker(worker_settings)
     assert wait_terminal(sessions, job_id, [first, second]) == JobStatus.COMPLETED
-    assert_one_result_per_request(sessions, job_id, 12)
+    assert_one_result_per_request(sessions, job_id, 8)
 
 
 @pytest.mark.slow
@@ -135,7 +135,7 @@ def test_killed_and_frozen_workers_lose_their_chunks_to_a_live_one(
     killed, frozen = start_worker(settings), start_worker(settings)
     killed.wait_ready()
     frozen.wait_ready()
-    job_id, chunk_ids = submit(sessions, settings, 16, max_tokens=240)
+    job_id, chunk_ids = submit(sessions, settings, 8, max_tokens=120)
     enqueue(settings, chunk_ids)
 
     def owners() -> set[str]:
@@ -154,7 +154,7 @@ def test_killed_and_frozen_workers_lose_their_chunks_to_a_live_one(
     finally:
         frozen.signal(signal.SIGCONT)
     time.sleep(3)  # the frozen worker wakes up: its heartbeat fails and its writes are fenced
-    assert_one_result_per_request(sessions, job_id, 16)
+    assert_one_result_per_request(sessions, job_id, 8)
     with sessions() as session:
         attempts = session.scalars(select(Chunk.attempts).where(Chunk.job_id == job_id)).all()
-    assert max(attempts) == 2  # the two stolen chunks ran twice, nothing more
+    assert max(attempts) == 2  # stolen chunks ran again, once, and nothing ran a third time
