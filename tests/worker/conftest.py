@@ -55,13 +55,21 @@ def worker_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def worker_db_url(pg_server_url: str) -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database for one test (shared with its worker processes)."""
+def worker_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database for one test, shared with its worker processes:
+    PostgreSQL, or SQLite (the embedded single-host mode) when parametrized indirectly."""
+    backend = getattr(request, "param", "postgresql")
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'worker.sqlite'}"
+        migrate.upgrade(url)
+        yield url
+        return
+    server: str = request.getfixturevalue("pg_server_url")
     name = f"s4c_worker_{uuid.uuid4().hex[:10]}"
-    url = create_database(pg_server_url, name)
+    url = create_database(server, name)
     migrate.upgrade(url)
     yield url
-    drop_database(pg_server_url, name)
+    drop_database(server, name)
 
 
 @pytest.fixture

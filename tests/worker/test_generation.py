@@ -75,6 +75,7 @@ def results_of(sessions: sessionmaker[Session], job_id: str) -> list[Result]:
         return list(session.scalars(query))
 
 
+@pytest.mark.parametrize("worker_db_url", ["postgresql", "sqlite"], indirect=True)
 def test_chunks_complete_the_job_with_stats_and_a_measured_baseline(
     sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
 ) -> None:
@@ -162,6 +163,7 @@ def test_shutdown_mid_chunk_hands_the_chunk_back(
     assert job_of(sessions, job_id).status == JobStatus.COMPLETED
 
 
+@pytest.mark.parametrize("worker_db_url", ["postgresql", "sqlite"], indirect=True)
 def test_cancel_mid_chunk_stops_the_work_and_keeps_finished_results(
     sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
 ) -> None:

@@ -86,6 +86,7 @@ def running_chunk(sessions: sessionmaker[Session], job_id: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("worker_db_url", ["postgresql", "sqlite"], indirect=True)
 def test_worker_runs_jobs_and_recovers_lost_messages(
     sessions: sessionmaker[Session], worker_settings: Settings, start_worker: StartWorker
 ) -> None:
