@@ -1,0 +1,115 @@
+"""The Engine facade on the real default model: greedy output equals transformers' greedy
+output for plain and speculative decoding (random heads), prompt validation, heads fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from s4c_engine.config import ChatMessage, Prompt, SamplingParams
+from s4c_engine.engine import Engine
+from s4c_engine.errors import HeadsMismatchError, PromptError
+from s4c_engine.heads import DraftHeads, HeadConfig
+from tests.model_fixtures import DEFAULT_MODEL_DIR, has_default_model
+
+pytestmark = [
+    pytest.mark.real_model,
+    pytest.mark.skipif(not has_default_model(), reason="default model not fetched (make setup)"),
+]
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write a haiku about autumn leaves.",
+    "List three prime numbers and explain why they are prime.",
+    "Translate 'good morning' into Spanish.",
+]
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.load(DEFAULT_MODEL_DIR, method="ar", max_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def hf_greedy(engine: Engine) -> list[list[int]]:
+    out = []
+    for q in QUESTIONS:
+        ids = engine.codec.encode(Prompt(messages=(ChatMessage("user", q),)))
+        gen = engine.target.model.generate(
+            torch.tensor([ids]), max_new_tokens=MAX_TOKENS, do_sample=False
+        )
+        out.append(gen[0, len(ids) :].tolist())
+    return out
+
+
+def _prompts() -> list[Prompt]:
+    return [Prompt(messages=(ChatMessage("user", q),)) for q in QUESTIONS]
+
+
+def test_plain_greedy_equals_transformers(engine: Engine, hf_greedy: list[list[int]]) -> None:
+    results = engine.generate(_prompts(), [SamplingParams(max_tokens=MAX_TOKENS)] * 4)
+    assert [list(r.token_ids) for r in results] == hf_greedy
+    assert engine.method == "ar"
+    for r in results:
+        assert r.text == engine.codec.decode(r.token_ids)
+        assert r.finish_reason == ("stop" if r.token_ids[-1] == 2 else "length")
+        assert r.stats.tau == 1.0 and r.stats.batch_size == 4 and r.stats.tree_nodes == 1
+
+
+@pytest.mark.parametrize("kind", ["s4c", "medusa"])
+def test_speculative_greedy_with_random_heads_equals_transformers(
+    engine: Engine, hf_greedy: list[list[int]], kind: str, tmp_path: Path
+) -> None:
+    model = engine.target.model
+    heads = DraftHeads.create(HeadConfig.for_target(model, engine.info.name, kind=kind), model)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    heads.save(tmp_path / "heads")
+    spec = Engine.load(
+        DEFAULT_MODEL_DIR, heads_path=tmp_path / "heads", method=kind, max_batch_size=4
+    )
+    assert spec.method == kind
+    results = spec.generate(_prompts(), [SamplingParams(max_tokens=MAX_TOKENS)] * 4)
+    assert [list(r.token_ids) for r in results] == hf_greedy
+    assert max(r.stats.tree_nodes for r in results) > 1
+    alone = spec.generate(_prompts()[:1], [SamplingParams(max_tokens=MAX_TOKENS)])
+    assert list(alone[0].token_ids) == hf_greedy[0]
+    assert (
+        spec.generate(_prompts()[:1], [SamplingParams(max_tokens=8)], method="ar")[
+            0
+        ].stats.tree_nodes
+        == 1
+    )
+
+
+def test_bad_prompt_is_refused_before_anything_runs(engine: Engine) -> None:
+    too_long = Prompt(token_ids=(5,) * engine.info.max_context)
+    with pytest.raises(PromptError, match="prompt 1") as err:
+        engine.generate([Prompt(text="hi"), too_long], [SamplingParams()] * 2)
+    assert err.value.index == 1
+    with pytest.raises(PromptError, match="prompt 0"):
+        engine.generate([Prompt(token_ids=(10**6,))], [SamplingParams()])
+
+
+def test_stop_strings_cut_the_text(engine: Engine) -> None:
+    prompt = Prompt(messages=(ChatMessage("user", QUESTIONS[0]),))
+    full = engine.generate([prompt], [SamplingParams(max_tokens=MAX_TOKENS)])[0]
+    stop = full.text.split()[2]
+    cut = engine.generate([prompt], [SamplingParams(max_tokens=MAX_TOKENS, stop=(stop,))])[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.index(stop)]
+    assert len(cut.token_ids) < len(full.token_ids)
+
+
+def test_missing_heads_fall_back_to_plain_and_foreign_heads_are_refused(tmp_path: Path) -> None:
+    plain = Engine.load(DEFAULT_MODEL_DIR, heads_path=tmp_path / "nothing", method="s4c")
+    assert plain.method == "ar"
+    model = plain.target.model
+    config = HeadConfig.for_target(model, "another-model")
+    DraftHeads.create(config, model).save(tmp_path / "foreign")
+    with pytest.raises(HeadsMismatchError, match="another-model"):
+        Engine.load(DEFAULT_MODEL_DIR, heads_path=tmp_path / "foreign", method="s4c")
