@@ -6,11 +6,12 @@ Views are thin: decode and validate the input (`api.jsonl`, `api.submission`), c
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from flask import Blueprint, Response, request, stream_with_context, url_for
 from kombu.exceptions import OperationalError as BrokerError
@@ -46,6 +47,7 @@ FORM_FIELDS = ("metadata", "defaults", "model", "baseline_sample")
 JOB_ID = re.compile(r"job_[0-9A-Za-z]{1,36}")
 IDEMPOTENCY_KEY_MAX = 255
 RESULTS_YIELD_PER = 500
+BODY_BUFFER_BYTES = 64 * 1024
 
 QueryT = TypeVar("QueryT", bound=BaseModel)
 
@@ -119,7 +121,10 @@ def _parse_submission(idempotency_key: str | None) -> NewJob:
         return job_from_inline(raw, rules, codec, idempotency_key)
     if mimetype in JSONL_TYPES:
         options = JobOptions(idempotency_key=idempotency_key)
-        return job_from_jsonl(iter_jsonl(request.stream), options, rules, codec)
+        # The WSGI stream reads a byte per call in readline(); buffer it (bounded, 64 KiB).
+        raw = cast(io.RawIOBase, request.stream)  # werkzeug's LimitedStream is a RawIOBase
+        body = io.BufferedReader(raw, buffer_size=BODY_BUFFER_BYTES)
+        return job_from_jsonl(iter_jsonl(body), options, rules, codec)
     if mimetype == MULTIPART_TYPE:
         options = _form_options(idempotency_key)
         upload = request.files.get("file")
