@@ -63,21 +63,12 @@ def fold_outcomes(
             accepted = _add_lists(accepted, s.accepted_per_depth)
             attempted = _add_lists(attempted, s.attempted_per_depth)
         stats.acceptance = {"accepted": accepted, "attempted": attempted}
-        stats.tree_sizes = sorted(
-            set(stats.tree_sizes or []) | _field_values(measured, "tree_nodes")
-        )
-        stats.batch_sizes = sorted(
-            set(stats.batch_sizes or []) | _field_values(measured, "batch_size")
-        )
+        trees = {s.tree_nodes for s in measured if s.tree_nodes > 0}
+        batches = {s.batch_size for s in measured if s.batch_size > 0}
+        stats.tree_sizes = sorted(set(stats.tree_sizes or []) | trees)
+        stats.batch_sizes = sorted(set(stats.batch_sizes or []) | batches)
     if baseline is not None:
         _fold_baseline(stats, baseline)
-
-
-def _field_values(measured: Sequence[RequestStats], name: str) -> set[int]:
-    # tree_nodes / batch_size were added to RequestStats by the engine; read them by name so
-    # stats from an engine build without them still aggregate (and simply report none).
-    values = (asdict(s).get(name) for s in measured)
-    return {int(v) for v in values if isinstance(v, int) and v > 0}
 
 
 def _fold_baseline(stats: JobStats, run: BaselineRun) -> None:

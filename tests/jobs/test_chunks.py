@@ -25,6 +25,8 @@ def _succeeded(session: Session, claim: Claim, tokens: int = 4) -> list[RequestO
         target_forwards=2,
         accepted_per_depth=(2, 1),
         attempted_per_depth=(2, 2),
+        tree_nodes=7,
+        batch_size=2,
     )
     return [
         RequestOutcome(r.input_index, r.custom_id, ResultStatus.SUCCEEDED, "out", "length", stats)
@@ -142,6 +144,7 @@ def test_statistics_aggregate_over_chunks_with_a_measured_baseline(db_session: S
     assert stats["tokens_per_second"] == 4.0
     assert stats["target_forwards"] == 8 and stats["tau"] == 2.0
     assert stats["acceptance_per_depth"] == [1.0, 0.5]
+    assert stats["tree_sizes"] == [7] and stats["batch_sizes"] == [2]
     assert stats["baseline"] == {
         "measured": True,
         "method": "ar",
