@@ -159,3 +159,26 @@ def test_killed_and_frozen_workers_lose_their_chunks_to_a_live_one(
     with sessions() as session:
         attempts = session.scalars(select(Chunk.attempts).where(Chunk.job_id == job_id)).all()
     assert max(attempts) == 2  # stolen chunks ran again, once, and nothing ran a third time
+
+
+@pytest.mark.slow
+def test_cancel_mid_job_stops_the_worker_and_keeps_finished_results(
+    sessions: sessionmaker[Session], worker_settings: Settings, start_worker: StartWorker
+) -> None:
+    worker = start_worker(worker_settings)
+    worker.wait_ready()
+    job_id, chunk_ids = submit(sessions, worker_settings, 12, max_tokens=120)
+    enqueue(worker_settings, chunk_ids)
+    wait_for(lambda: running_chunk(sessions, job_id), 60, "a running chunk")
+    with sessions() as session, session.begin():
+        tenant = store.create_tenant(session, "acme")
+        cancelling = store.cancel_job(session, tenant, job_id)
+        assert cancelling is not None and cancelling.status == JobStatus.CANCELLING
+    assert wait_terminal(sessions, job_id, [worker]) == JobStatus.CANCELLED
+    assert_one_result_per_request(sessions, job_id, 12)
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.cancelled_count >= 8  # at least the untouched chunks
+        states = set(session.scalars(select(Chunk.state).where(Chunk.job_id == job_id)))
+    assert ChunkState.RUNNING not in states and ChunkState.QUEUED not in states
+    assert worker.stop() == 0
