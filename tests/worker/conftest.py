@@ -33,7 +33,8 @@ def worker_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     source = Path.home() / ".cache" / "s4c" / "models" / "SmolLM2-135M-Instruct"
-    target = tmp_path_factory.mktemp("tiny-model") / "tiny-llama"
+    # Named "tiny": the name tests/model_fixtures.random_heads builds heads for.
+    target = tmp_path_factory.mktemp("tiny-model") / "tiny"
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=49152,
@@ -52,6 +53,19 @@ def worker_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (source / name).exists():
             shutil.copy(source / name, target / name)
     return target
+
+
+@pytest.fixture(scope="session")
+def worker_heads_dir(worker_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Untrained (randomly perturbed) S4C draft heads for the tiny model, saved to disk."""
+    from transformers import LlamaForCausalLM
+
+    from tests.model_fixtures import random_heads
+
+    model = LlamaForCausalLM.from_pretrained(worker_model_dir).eval()
+    path = tmp_path_factory.mktemp("tiny-heads") / "s4c"
+    random_heads(model, "s4c", num_heads=3).save(path)
+    return path
 
 
 @pytest.fixture

@@ -100,6 +100,33 @@ def test_chunks_complete_the_job_with_stats_and_a_measured_baseline(
     assert baseline["greedy_checked"] == 6 and baseline["greedy_matched"] == 6
 
 
+def test_speculative_chunks_record_tree_stats_and_match_plain_greedy(
+    sessions: sessionmaker[Session],
+    worker_settings: Settings,
+    worker_model_dir: Path,
+    worker_heads_dir: Path,
+) -> None:
+    from s4c_engine.engine import Engine
+
+    speculative = Engine.load(
+        worker_model_dir, heads_path=worker_heads_dir, method="s4c", max_batch_size=4
+    )
+    assert speculative.method == "s4c"
+    job_id, chunk_ids = submit(sessions, worker_settings, 4, max_tokens=12, baseline_sample=1.0)
+    assert (
+        run_chunk(sessions, speculative, chunk_ids[0], "w1", worker_settings).outcome == "recorded"
+    )
+    stats = store.job_view(job_of(sessions, job_id))["stats"]
+    assert stats["method"] == "s4c" and stats["tree_sizes"] and stats["batch_sizes"] == [4]
+    assert stats["target_forwards"] > 0 and 1 <= len(stats["acceptance_per_depth"]) <= 3
+    baseline = stats["baseline"]
+    # greedy speculative decoding is lossless: the plain re-run produced the same tokens
+    assert baseline["measured"] and baseline["greedy_checked"] == 4
+    assert baseline["greedy_matched"] == 4
+    first = results_of(sessions, job_id)[0]
+    assert first.stats is not None and first.stats["tree_nodes"] > 1
+
+
 def test_rerunning_a_chunk_never_duplicates_results(
     sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
 ) -> None:
