@@ -1,24 +1,20 @@
-"""The job store, API side: tenants and keys, creating and reading jobs and results, cancel.
+"""The job store: creating, reading and cancelling jobs and their results.
 
 Plain functions taking a Session; they flush but never commit (whoever opened the session
 owns the transaction). Every read is filtered by tenant, so another tenant's job is simply
-not found. The worker side (claiming and recording chunks) lives in `jobs.chunks` and is
-re-exported here so callers have one place to look.
+not found. Tenants and keys (`jobs.keys`), the worker side (`jobs.chunks`) and the JSON views
+(`jobs.views`) are re-exported here so callers have one place to look.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
-import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,8 +28,15 @@ from jobs.chunks import (
     release_chunk,
     unclaimed_chunks,
 )
+from jobs.keys import (
+    KEY_PREFIX,
+    authenticate,
+    create_api_key,
+    create_tenant,
+    hash_api_key,
+    revoke_api_key,
+)
 from jobs.models import (
-    ApiKey,
     Chunk,
     ChunkState,
     IdempotencyKey,
@@ -42,13 +45,12 @@ from jobs.models import (
     JobStats,
     JobStatus,
     Result,
-    ResultStatus,
     Tenant,
     utcnow,
 )
 from jobs.settings import Settings
-from jobs.stats import stats_view
 from jobs.types import NewJob
+from jobs.views import job_view, result_view
 from s4c_engine.config import ChatMessage, Prompt, SamplingParams
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "find_idempotent_job",
     "finish_job_if_done",
     "get_job",
+    "hash_api_key",
     "heartbeat",
     "iter_results",
     "job_view",
@@ -80,75 +83,9 @@ __all__ = [
     "unclaimed_chunks",
 ]
 
-KEY_PREFIX = "s4c_"
-_LAST_USED_RESOLUTION = timedelta(minutes=1)
-
 
 class UnknownCursor(LookupError):
     """`after` names no job of this tenant."""
-
-
-# --- tenants and API keys -------------------------------------------------------------------
-
-
-def create_tenant(session: Session, name: str) -> Tenant:
-    """The tenant called `name`, created if it does not exist yet."""
-    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
-    if tenant is None:
-        tenant = Tenant(name=name, created_at=utcnow())
-        session.add(tenant)
-        session.flush()
-    return tenant
-
-
-def hash_api_key(plaintext: str) -> str:
-    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
-
-
-def create_api_key(session: Session, tenant_name: str) -> tuple[ApiKey, str]:
-    """A new key for `tenant_name` (tenant created if needed); the plaintext is returned once
-    and only its SHA-256 hash and display prefix are stored."""
-    tenant = create_tenant(session, tenant_name)
-    plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(
-        tenant_id=tenant.id,
-        key_hash=hash_api_key(plaintext),
-        prefix=plaintext[:12],
-        created_at=utcnow(),
-    )
-    session.add(key)
-    session.flush()
-    return key, plaintext
-
-
-def authenticate(session: Session, plaintext: str) -> Tenant | None:
-    """The tenant owning the (unrevoked) key `plaintext`, else None."""
-    if not plaintext.startswith(KEY_PREFIX):
-        return None
-    digest = hash_api_key(plaintext)
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
-    # The lookup is by hash already; compare_digest keeps the final check constant-time.
-    if key is None or not hmac.compare_digest(key.key_hash, digest):
-        return None
-    if key.revoked_at is not None:
-        return None
-    now = utcnow()
-    if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
-        key.last_used_at = now
-    return key.tenant
-
-
-def revoke_api_key(session: Session, key_id: int) -> bool:
-    """Revoke key `key_id`; False if it does not exist or was already revoked."""
-    done = session.execute(
-        update(ApiKey)
-        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    )
-    return bool(done.rowcount)  # type: ignore[attr-defined]
-
-
-# --- creating jobs --------------------------------------------------------------------------
 
 
 def new_job_id() -> str:
@@ -296,9 +233,6 @@ def params_from_json(data: dict[str, Any]) -> SamplingParams:
     return SamplingParams(**data)
 
 
-# --- reading jobs and results ---------------------------------------------------------------
-
-
 def get_job(session: Session, tenant: Tenant, job_id: str) -> Job | None:
     """The tenant's job `job_id`, or None (also when it belongs to another tenant)."""
     return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id))
@@ -379,59 +313,3 @@ def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job | None:
     finish_job_if_done(session, job.id)
     session.refresh(job)
     return job
-
-
-# --- JSON views -----------------------------------------------------------------------------
-
-
-def _unix(moment: datetime | None) -> int | None:
-    return None if moment is None else int(moment.timestamp())
-
-
-def job_view(job: Job) -> dict[str, Any]:
-    """The job object of the REST contract."""
-    return {
-        "id": job.id,
-        "object": "job",
-        "status": job.status.value,
-        "model": job.model,
-        "created_at": _unix(job.created_at),
-        "in_progress_at": _unix(job.in_progress_at),
-        "finalizing_at": _unix(job.finalizing_at),
-        "completed_at": _unix(job.completed_at),
-        "failed_at": _unix(job.failed_at),
-        "expired_at": _unix(job.expired_at),
-        "cancelling_at": _unix(job.cancelling_at),
-        "cancelled_at": _unix(job.cancelled_at),
-        "request_counts": {
-            "total": job.total_count,
-            "completed": job.completed_count,
-            "failed": job.failed_count,
-            "cancelled": job.cancelled_count,
-        },
-        "metadata": dict(job.metadata_),
-        "stats": stats_view(job.stats),
-        "errors": list(job.errors),
-    }
-
-
-def result_view(result: Result) -> dict[str, Any]:
-    """One result of the REST contract (`response` for successes, `error` otherwise)."""
-    response = None
-    if result.status == ResultStatus.SUCCEEDED:
-        response = {
-            "text": result.text,
-            "finish_reason": result.finish_reason,
-            "usage": {
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-            },
-            "stats": result.stats,
-        }
-    return {
-        "custom_id": result.custom_id,
-        "index": result.input_index,
-        "status": result.status.value,
-        "response": response,
-        "error": result.error,
-    }
