@@ -127,3 +127,15 @@ def test_building_the_app_does_not_import_torch(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_unexpected_error_is_a_generic_500_problem(fresh_app: Callable[..., Flask]) -> None:
+    app = fresh_app()
+
+    def explode() -> str:
+        raise RuntimeError("secret internals")
+
+    app.add_url_rule("/explode", "explode", explode)
+    response = app.test_client().get("/explode")
+    problem = assert_problem(response, 500, "failed to handle")
+    assert "secret" not in json.dumps(problem) and "Traceback" not in json.dumps(problem)
