@@ -278,6 +278,7 @@ class UploadOptions(StrictModel):
     defaults: SamplingFields | None = None
     metadata: Metadata | None = None
     baseline_sample: float | None = Field(None, ge=0, le=1)
+    model: str | None = Field(None, min_length=1, max_length=256)
 
 
 def validation_context(limits: InputLimits) -> dict[str, Any]:

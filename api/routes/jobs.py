@@ -21,7 +21,7 @@ from api.auth import current_tenant, require_tenant
 from api.jsonl import decode_json, iter_jsonl
 from api.problems import ApiProblem, ErrorItem
 from api.result_shapes import batch_output_line
-from api.schemas import JobListQuery, ResultListQuery, check_storable
+from api.schemas import JobListQuery, ResultListQuery
 from api.services import db_session, services
 from api.submission import (
     JobOptions,
@@ -92,20 +92,19 @@ def _form_options(idempotency_key: str | None) -> JobOptions:
         names = ", ".join(f"'{n}'" for n in unknown + unknown_files)
         message = f"unknown form field(s) {names}; allowed: file, {', '.join(FORM_FIELDS)}"
         raise ApiProblem(422, "validation-error", message, [ErrorItem(message)])
-    raw: dict[str, Any] = {}
-    for name in ("metadata", "defaults"):
-        if name in request.form:
-            raw[name] = decode_json(request.form[name].encode("utf-8", "surrogatepass"))
-    if "baseline_sample" in request.form:
-        raw["baseline_sample"] = decode_json(request.form["baseline_sample"].encode())
+    # metadata, defaults and baseline_sample are JSON text; model is a plain string.
+    raw: dict[str, Any] = {
+        name: decode_json(value.encode("utf-8", "surrogatepass"))
+        for name, value in request.form.items()
+        if name != "model"
+    }
+    if "model" in request.form:
+        raw["model"] = request.form["model"]
     options = upload_options(raw, services().rules)
-    model = request.form.get("model")
-    if model is not None:
-        check_storable(model)
     return JobOptions(
         defaults=options.defaults,
         metadata=options.metadata,
-        model=model,
+        model=options.model,
         baseline_sample=options.baseline_sample,
         idempotency_key=idempotency_key,
     )
