@@ -22,6 +22,7 @@ from jobs.migrate import DatabaseNotMigrated
 from jobs.settings import Settings
 from s4c.client import Client, Job, S4CError
 from s4c.embedded import EmbeddedServerError
+from s4c.engine_commands import bench, train_heads
 from s4c.launcher import LaunchError
 from s4c.report import JobProgress, format_job, format_result
 
@@ -379,6 +380,10 @@ def cancel(job_id: str) -> None:
     """Cancel a job (finished results are kept)."""
     job = make_client(load_settings()).cancel(job_id)
     click.echo(f"job {job.id}: {job.status}")
+
+
+cli.add_command(bench)
+cli.add_command(train_heads)
 
 
 def main() -> NoReturn:

@@ -1,0 +1,143 @@
+"""`s4c bench` and `s4c train-heads`: thin option mappings onto the engine's own entry points.
+
+The benchmark (`s4c_engine.bench.runner.cli_main`) and the head-training recipe
+(`s4c_engine.training.cli.cli_main`) do the work; these commands only turn flags into their
+config dataclasses. torch is imported inside the commands, never at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from jobs.settings import Settings
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+PathOption = click.Path(path_type=Path)
+
+
+@click.command("bench")
+@click.option("--model-dir", type=PathOption, default=None, help="Default: the served model.")
+@click.option("--prompts", type=PathOption, default=None, help="Spec-Bench question.jsonl.")
+@click.option("--per-category", type=int, default=None, help="First N prompts per category.")
+@click.option("--methods", default="hf,hf-pld,ar,medusa,s4c", show_default=True)
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--batch-sizes", default="1", show_default=True, help="Comma-separated.")
+@click.option("--batch-methods", default="hf,s4c", show_default=True)
+@click.option("--json", "json_out", type=PathOption, default=None, help="Per-prompt records.")
+@click.option("--s4c-heads", type=PathOption, default=None)
+@click.option("--medusa-heads", type=PathOption, default=None)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads.")
+def bench(
+    model_dir: Path | None,
+    prompts: Path | None,
+    per_category: int | None,
+    methods: str,
+    max_new_tokens: int,
+    batch_sizes: str,
+    batch_methods: str,
+    json_out: Path | None,
+    s4c_heads: Path | None,
+    medusa_heads: Path | None,
+    device: str,
+    dtype: str,
+    threads: int | None,
+) -> None:
+    """Spec-Bench protocol (shared/BENCHMARK.md): speed, tau, acceptance, exact match."""
+    from s4c_engine.bench.runner import BenchConfig, cli_main
+
+    try:
+        config = BenchConfig(
+            model_dir=model_dir or _settings().resolved_model_dir,
+            prompts=prompts,
+            per_category=per_category,
+            methods=_split(methods),
+            max_new_tokens=max_new_tokens,
+            batch_sizes=tuple(int(size) for size in _split(batch_sizes)),
+            batch_methods=_split(batch_methods),
+            json_out=json_out,
+            s4c_heads=s4c_heads,
+            medusa_heads=medusa_heads,
+            device=device,
+            dtype=dtype,
+            threads=threads,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    cli_main(config)
+
+
+@click.command("train-heads")
+@click.option("--model-dir", type=PathOption, default=None, help="Default: the served model.")
+@click.option(
+    "--work-dir", type=PathOption, default=None,
+    help="Distillation data and runs (default: $S4C_HOME/train-heads/<model>).",
+)  # fmt: skip
+@click.option("--out-dir", type=PathOption, default=None, help="Where the final heads go.")
+@click.option("--train-dir", type=PathOption, default=None, help="Training prompt mix.")
+@click.option("--kinds", default="s4c,medusa", show_default=True)
+@click.option("--skip-distill", is_flag=True, help="Reuse the distillation data as it is.")
+@click.option("--samples", type=int, default=2000, show_default=True)
+@click.option("--max-new-tokens", type=int, default=160, show_default=True)
+@click.option("--num-heads", type=int, default=4, show_default=True)
+@click.option("--steps", type=int, default=2000, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads.")
+def train_heads(
+    model_dir: Path | None,
+    work_dir: Path | None,
+    out_dir: Path | None,
+    train_dir: Path | None,
+    kinds: str,
+    skip_distill: bool,
+    samples: int,
+    max_new_tokens: int,
+    num_heads: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    device: str,
+    threads: int | None,
+) -> None:
+    """Train draft heads for a model: distil its answers, train, export (resumable)."""
+    from s4c_engine.training.cli import TrainHeadsConfig, cli_main
+
+    settings = _settings()
+    model_dir = model_dir or settings.resolved_model_dir
+    unknown = [kind for kind in _split(kinds) if kind not in ("s4c", "medusa")]
+    if unknown:
+        raise click.ClickException(f"unknown head kinds {unknown}: use s4c and/or medusa")
+    config = TrainHeadsConfig(
+        model_dir=model_dir,
+        work_dir=work_dir or settings.home / "train-heads" / model_dir.name,
+        out_dir=out_dir,
+        train_dir=train_dir,
+        kinds=_split(kinds),  # type: ignore[arg-type]  # checked just above
+        skip_distill=skip_distill,
+        samples=samples,
+        max_new_tokens=max_new_tokens,
+        num_heads=num_heads,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
+        threads=threads,
+    )
+    for result in cli_main(config):
+        click.echo(str(result.heads_dir))
