@@ -49,11 +49,18 @@ def claim_chunk(
     """Lease chunk `chunk_id` to `owner` for `lease_seconds` (attempts + 1).
 
     Succeeds only if the chunk is queued, its lease has expired or is already `owner`'s,
-    and its job is still runnable; otherwise returns None (done, leased by someone else, job cancelled), which makes
-    a duplicate delivery a cheap no-op. The job moves validating -> in_progress on first claim.
+    and its job is still runnable; otherwise returns None (done, leased by someone else,
+    job cancelled), which makes a duplicate delivery a cheap no-op. The job moves
+    validating -> in_progress on first claim.
     """
     now = now or utcnow()
-    job_runnable = exists().where(Job.id == Chunk.job_id, Job.status.in_(RUNNABLE_STATUSES))
+    job_id = session.scalar(select(Chunk.job_id).where(Chunk.id == chunk_id))
+    if job_id is None:
+        return None
+    # Lock order everywhere: the job row, then its chunk rows (no deadlock with cancel).
+    status = session.scalar(select(Job.status).where(Job.id == job_id).with_for_update())
+    if status not in RUNNABLE_STATUSES:
+        return None
     row = session.execute(
         update(Chunk)
         .where(
@@ -64,7 +71,6 @@ def claim_chunk(
                 # the same worker retrying (e.g. after a database outage) takes its lease back
                 and_(Chunk.state == ChunkState.RUNNING, Chunk.lease_owner == owner),
             ),
-            job_runnable,
         )
         .values(
             state=ChunkState.RUNNING,
@@ -74,7 +80,6 @@ def claim_chunk(
             claimed_at=now,
         )
         .returning(
-            Chunk.job_id,
             Chunk.attempts,
             Chunk.start_index,
             Chunk.end_index,
@@ -87,13 +92,13 @@ def claim_chunk(
         return None
     session.execute(
         update(Job)
-        .where(Job.id == row.job_id, Job.status == JobStatus.VALIDATING)
+        .where(Job.id == job_id, Job.status == JobStatus.VALIDATING)
         .values(status=JobStatus.IN_PROGRESS, in_progress_at=now)
         .execution_options(synchronize_session=False)
     )
     return Claim(
         chunk_id=chunk_id,
-        job_id=row.job_id,
+        job_id=job_id,
         owner=owner,
         attempt=row.attempts,
         start_index=row.start_index,
@@ -195,6 +200,7 @@ def insert_results(
 def _lock_job(session: Session, job_id: str) -> Job:
     # One row lock per job serialises chunk completions, so counts, statistics and the
     # "was this the last chunk?" decision never race (PostgreSQL; SQLite has one writer).
+    # Every writer takes it before any chunk row, so cancel, claim and record never deadlock.
     return session.execute(
         select(Job)
         .where(Job.id == job_id)
@@ -228,6 +234,7 @@ def record_chunk_results(
     Requests that already have a result keep it (their new outcome is dropped, not counted).
     """
     now = now or utcnow()
+    job = _lock_job(session, claim.job_id)  # job row first: the lock order of claim_chunk
     fence = update(Chunk).where(
         Chunk.id == claim.chunk_id,
         Chunk.lease_owner == claim.owner,
@@ -241,7 +248,6 @@ def record_chunk_results(
         fence = fence.values(lease_owner=claim.owner)  # a no-op write that takes the row lock
     if _rowcount(session.execute(fence.execution_options(synchronize_session=False))) != 1:
         return False
-    job = _lock_job(session, claim.job_id)
     inserted = insert_results(session, claim.job_id, outcome.results, now)
     _count_outcomes(job, inserted)
     fold_outcomes(
