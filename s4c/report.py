@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tqdm import tqdm
 
 from s4c.client import Job, Result
+
+REDRAW_SECONDS = 5.0
 
 
 class JobProgress:
@@ -22,13 +25,20 @@ class JobProgress:
     def __init__(self, description: str = "requests") -> None:
         self.bar: tqdm[Any] | None = None
         self.description = description
+        self.status = ""
 
     def update(self, job: Job) -> None:
+        """Advance to the job's finished count; redraw on a change or every few seconds."""
         counts = job.request_counts
         if self.bar is None:
             self.bar = tqdm(total=counts.total, desc=self.description, unit="req", file=sys.stderr)
-        self.bar.set_postfix_str(job.status, refresh=False)
-        self.bar.update(counts.finished - self.bar.n)
+        if job.status != self.status:
+            self.status = job.status
+            self.bar.set_postfix_str(job.status)
+        if counts.finished > self.bar.n:
+            self.bar.update(counts.finished - self.bar.n)
+        elif time.monotonic() - self.bar.last_print_t > REDRAW_SECONDS:
+            self.bar.refresh()  # keep the elapsed time moving while a chunk runs
 
     def close(self) -> None:
         if self.bar is not None:
