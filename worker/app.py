@@ -36,6 +36,9 @@ def create_worker_app(
     """
     runtime = runtime or WorkerRuntime(settings)
     app = make_celery(settings)
+    # One process per GPU running tasks in-process: also the default for `celery -A worker.app
+    # worker` (which loads the model lazily, on the first task).
+    app.conf.update(worker_pool="solo", worker_concurrency=1)
     register_tasks(app, runtime)
     app.steps["worker"].add(_lifecycle_step(app, runtime, preload_engine))
     return app

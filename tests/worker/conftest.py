@@ -112,7 +112,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "S4C_DATABASE_URL": settings.database_url,
             "S4C_BROKER_URL": str(settings.broker_url),
             "S4C_MODEL_NAME": settings.model_name,
-            "S4C_MODEL_DIR": str(settings.model_dir),
             "S4C_ENGINE_METHOD": settings.engine_method,
             "S4C_CHUNK_SIZE": str(settings.chunk_size),
             "S4C_MAX_BATCH_SIZE": str(settings.max_batch_size),
@@ -123,6 +122,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if settings.model_dir is not None:
+        env["S4C_MODEL_DIR"] = str(settings.model_dir)
     return env
 
 
