@@ -183,6 +183,10 @@ def _paths(settings: Settings) -> dict[str, Any]:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
+                        "description": (
+                            "A key already used by this API key returns the job it created "
+                            "(201, `Idempotent-Replayed: true`); the body is not compared."
+                        ),
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                     }
                 ],
