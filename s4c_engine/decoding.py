@@ -20,6 +20,7 @@ they stop costing work; the tree size is re-chosen from the live batch size ever
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -66,6 +67,9 @@ class _Row:
     accepted: list[int] = field(default_factory=list)
     attempted: list[int] = field(default_factory=list)
     tree_nodes: int = 1
+    batch_size: int = 0
+    started: float | None = None
+    ended: float | None = None
 
     def record_walk(self, has_children: list[bool], accepted: int) -> None:
         """Depth d+1 was attempted if the walk reached depth d and the tree went deeper."""
@@ -79,6 +83,16 @@ class _Row:
             self.accepted[depth] += int(depth < accepted)
 
 
+@dataclass
+class _Batch:
+    """The running batch: cache rows, h_t and root token align with `live` (row indices)."""
+
+    cache: RowKVCache | None = None
+    live: list[int] = field(default_factory=list)
+    hidden: torch.Tensor | None = None  # (B, D)
+    roots: torch.Tensor | None = None  # (B,)
+
+
 def decode_batch(
     target: Target,
     requests: Sequence[DecodeRequest],
@@ -87,47 +101,44 @@ def decode_batch(
     policy: TreePolicy = PLAIN_POLICY,
     decode: Decode | None = None,
     should_stop: Callable[[], bool] | None = None,
+    max_batch_size: int | None = None,
 ) -> list[DecodeOutput]:
-    """Generate for all requests as one batch; outputs in request order.
+    """Generate for all requests; outputs in request order.
 
-    With heads=None or the plain policy this is plain autoregressive decoding. Greedy output
-    is identical either way; sampled output has the same distribution.
+    At most max_batch_size rows (default: all) decode together; when rows finish, waiting
+    requests (taken in the given order) are prefilled and join the running batch. With
+    heads=None or the plain policy this is plain autoregressive decoding. Greedy output is
+    identical either way; sampled output has the same distribution.
     """
-    started = time.perf_counter()
     rows = [_Row(r, make_generator(r.params, target.device)) for r in requests]
+    limit = max_batch_size or len(rows)
     static = _compile_static(policy, target.device)
-    capacity = (
-        max(len(r.prompt_ids) for r in requests)
-        + max(r.stop_rule.max_tokens for r in requests)
-        + policy.max_nodes
-        + 1
-    )
-    cache = RowKVCache.allocate(
-        target.config, len(rows), capacity, device=target.device, dtype=target.dtype
-    )
+    waiting = deque(range(len(rows)))
+    batch = _Batch()
     with torch.inference_mode():
-        hidden, roots = _prefill(target, cache, rows, decode)
-        live = list(range(len(rows)))
-        live, hidden, roots = _drop_finished(rows, live, cache, hidden, roots)
-        while live:
+        while batch.live or waiting:
             if should_stop is not None and should_stop():
-                for i in live:
+                for i in [*batch.live, *waiting]:
                     rows[i].finish = "cancelled"
                 break
-            shape = policy.shape_for(len(live)) if heads is not None else PLAIN
-            acceptance, hidden = _step(
-                target, cache, heads, shape, static, rows, live, hidden, roots
-            )
-            for j, i in enumerate(live):
+            if waiting and len(batch.live) < limit:
+                admitted = [
+                    waiting.popleft() for _ in range(min(limit - len(batch.live), len(waiting)))
+                ]
+                _admit(target, batch, rows, admitted, policy, decode)
+                _drop_finished(rows, batch)
+                continue
+            shape = policy.shape_for(len(batch.live)) if heads is not None else PLAIN
+            acceptance = _step(target, batch, heads, shape, static, rows)
+            for j, i in enumerate(batch.live):
                 row = rows[i]
                 row.record_walk(acceptance.has_children[j], acceptance.accepted[j])
                 row.finish = extend_until_stop(
                     row.tokens, acceptance.emitted[j], row.request.stop_rule, decode
                 )
-            roots = torch.tensor([e[-1] for e in acceptance.emitted], device=target.device)
-            live, hidden, roots = _drop_finished(rows, live, cache, hidden, roots)
-    wall = time.perf_counter() - started
-    return [_output(row, len(rows), wall) for row in rows]
+            batch.roots = torch.tensor([e[-1] for e in acceptance.emitted], device=target.device)
+            _drop_finished(rows, batch)
+    return [_output(row) for row in rows]
 
 
 def _compile_static(policy: TreePolicy, device: torch.device) -> dict[TreeShape, StaticTree]:
@@ -138,10 +149,44 @@ def _compile_static(policy: TreePolicy, device: torch.device) -> dict[TreeShape,
     }
 
 
+def _admit(
+    target: Target,
+    batch: _Batch,
+    rows: list[_Row],
+    admitted: list[int],
+    policy: TreePolicy,
+    decode: Decode | None,
+) -> None:
+    """Prefill the admitted rows in a cache of their own, then append them to the batch."""
+    group = [rows[i] for i in admitted]
+    capacity = (
+        max(len(r.request.prompt_ids) for r in group)
+        + max(r.request.stop_rule.max_tokens for r in group)
+        + policy.max_nodes
+        + 1
+    )
+    cache = RowKVCache.allocate(
+        target.config, len(group), capacity, device=target.device, dtype=target.dtype
+    )
+    hidden, roots = _prefill(target, cache, group, decode)
+    if batch.cache is None or not batch.live:
+        batch.cache, batch.hidden, batch.roots = cache, hidden, roots
+        batch.live = list(admitted)
+    else:
+        assert batch.hidden is not None and batch.roots is not None
+        batch.cache.append_rows(cache)
+        batch.hidden = torch.cat([batch.hidden, hidden])
+        batch.roots = torch.cat([batch.roots, roots])
+        batch.live = [*batch.live, *admitted]
+    for i in batch.live:
+        rows[i].batch_size = max(rows[i].batch_size, len(batch.live))
+
+
 def _prefill(
     target: Target, cache: RowKVCache, rows: list[_Row], decode: Decode | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the prompts, choose each row's first token. Returns h_t (B, D) and roots (B,)."""
+    started = time.perf_counter()
     ids, lengths = right_pad(
         [list(r.request.prompt_ids) for r in rows], target.pad_token_id, target.device
     )
@@ -154,6 +199,7 @@ def _prefill(
     firsts = []
     for b, row in enumerate(rows):
         token = int(choose_tokens(out.logits[b], row.request.params, row.generator)[0])
+        row.started = started
         row.forwards = 1
         row.finish = extend_until_stop(row.tokens, [token], row.request.stop_rule, decode)
         firsts.append(token)
@@ -162,51 +208,56 @@ def _prefill(
 
 def _step(
     target: Target,
-    cache: RowKVCache,
+    batch: _Batch,
     heads: DraftHeads | None,
     shape: TreeShape,
     static: dict[TreeShape, StaticTree],
     rows: list[_Row],
-    live: list[int],
-    hidden: torch.Tensor,
-    roots: torch.Tensor,
-) -> tuple[Acceptance, torch.Tensor]:
+) -> Acceptance:
     """One propose -> verify -> accept -> commit_path round for the live rows."""
+    assert batch.cache is not None and batch.hidden is not None and batch.roots is not None
     t0 = time.perf_counter()
-    tree = propose(heads, hidden, roots, shape, static.get(shape))
+    tree = propose(heads, batch.hidden, batch.roots, shape, static.get(shape))
     t1 = time.perf_counter()
-    out = verify(target, cache, tree)
-    live_rows = [rows[i] for i in live]
+    out = verify(target, batch.cache, tree)
+    live_rows = [rows[i] for i in batch.live]
     acceptance = accept(
         tree, out.logits, [r.request.params for r in live_rows], [r.generator for r in live_rows]
     )
-    cache.commit_path(acceptance.path_nodes, [a + 1 for a in acceptance.accepted])
+    batch.cache.commit_path(acceptance.path_nodes, [a + 1 for a in acceptance.accepted])
     t2 = time.perf_counter()
     for row in live_rows:
         row.forwards += 1
         row.draft_seconds += t1 - t0
         row.verify_seconds += t2 - t1
         row.tree_nodes = max(row.tree_nodes, tree.num_nodes)
-    picked = torch.gather(
-        out.hidden, 1, acceptance.last_node[:, None, None].expand(-1, 1, out.hidden.shape[-1])
-    )[:, 0]  # feature reuse: h_t at the walk's last node
-    return acceptance, picked
+    # Feature reuse: h_t for the next draft is the hidden state at the walk's last node.
+    last = acceptance.last_node[:, None, None].expand(-1, 1, out.hidden.shape[-1])
+    batch.hidden = torch.gather(out.hidden, 1, last)[:, 0]
+    return acceptance
 
 
-def _drop_finished(
-    rows: list[_Row], live: list[int], cache: RowKVCache, hidden: torch.Tensor, roots: torch.Tensor
-) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-    keep = [j for j, i in enumerate(live) if rows[i].finish is None]
-    if len(keep) == len(live):
-        return live, hidden, roots
+def _drop_finished(rows: list[_Row], batch: _Batch) -> None:
+    """Remove finished rows from the batch (cache rows, hidden states, roots)."""
+    keep = [j for j, i in enumerate(batch.live) if rows[i].finish is None]
+    now = time.perf_counter()
+    for i in batch.live:
+        if rows[i].finish is not None and rows[i].ended is None:
+            rows[i].ended = now
+    if len(keep) == len(batch.live):
+        return
+    assert batch.cache is not None and batch.hidden is not None and batch.roots is not None
+    batch.live = [batch.live[j] for j in keep]
     if not keep:
-        return [], hidden[:0], roots[:0]
-    index = torch.tensor(keep, device=hidden.device)
-    cache.select_rows(index)
-    return [live[j] for j in keep], hidden[index], roots[index]
+        batch.cache = batch.hidden = batch.roots = None
+        return
+    index = torch.tensor(keep, device=batch.hidden.device)
+    batch.cache.select_rows(index)
+    batch.hidden, batch.roots = batch.hidden[index], batch.roots[index]
 
 
-def _output(row: _Row, batch_size: int, wall: float) -> DecodeOutput:
+def _output(row: _Row) -> DecodeOutput:
+    wall = (row.ended or time.perf_counter()) - (row.started or time.perf_counter())
     stats = RequestStats(
         prompt_tokens=len(row.request.prompt_ids),
         completion_tokens=len(row.tokens),
@@ -217,7 +268,7 @@ def _output(row: _Row, batch_size: int, wall: float) -> DecodeOutput:
         accepted_per_depth=tuple(row.accepted),
         attempted_per_depth=tuple(row.attempted),
         tree_nodes=row.tree_nodes,
-        batch_size=batch_size,
+        batch_size=row.batch_size,
     )
     assert row.finish is not None
     return DecodeOutput(tuple(row.tokens), row.finish, stats)

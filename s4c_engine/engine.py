@@ -18,7 +18,6 @@ from s4c_engine.config import (
     Method,
     ModelInfo,
     Prompt,
-    RequestStats,
     SamplingParams,
 )
 from s4c_engine.decoding import DecodeOutput, DecodeRequest, decode_batch
@@ -112,22 +111,18 @@ class Engine:
         speculative = method != "ar" and self.heads is not None
         heads = self.heads if speculative else None
         policy = self.policy if speculative else PLAIN_POLICY
+        # Similar prompt lengths decode together: less padding in each prefill.
         order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
-        outputs: dict[int, DecodeOutput] = {}
-        for start in range(0, len(order), self.max_batch_size):
-            chunk = order[start : start + self.max_batch_size]
-            if should_stop is not None and should_stop():
-                outputs.update({i: _cancelled(requests[i]) for i in chunk})
-                continue
-            results = decode_batch(
-                self.target,
-                [requests[i] for i in chunk],
-                heads=heads,
-                policy=policy,
-                decode=self.codec.decode,
-                should_stop=should_stop,
-            )
-            outputs.update(zip(chunk, results))
+        results = decode_batch(
+            self.target,
+            [requests[i] for i in order],
+            heads=heads,
+            policy=policy,
+            decode=self.codec.decode,
+            should_stop=should_stop,
+            max_batch_size=self.max_batch_size,
+        )
+        outputs = dict(zip(order, results))
         return [self._result(outputs[i], params[i]) for i in range(len(requests))]
 
     def _request(self, index: int, prompt: Prompt, params: SamplingParams) -> DecodeRequest:
@@ -149,8 +144,3 @@ class Engine:
     def _result(self, output: DecodeOutput, params: SamplingParams) -> GenerationResult:
         text = cut_at_stop_string(self.codec.decode(output.token_ids), params.stop)
         return GenerationResult(output.token_ids, text, output.finish_reason, output.stats)
-
-
-def _cancelled(request: DecodeRequest) -> DecodeOutput:
-    stats = RequestStats(prompt_tokens=len(request.prompt_ids))
-    return DecodeOutput((), "cancelled", stats)

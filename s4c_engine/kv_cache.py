@@ -159,9 +159,26 @@ class RowKVCache(Cache):
         self.storage[:, :, rows, :, dst] = picked
         self.advance(counts)
 
+    def append_rows(self, other: RowKVCache) -> None:
+        """Append other's rows (same model) after ours; capacity becomes the larger one."""
+        capacity = max(self.capacity, other.capacity)
+        parts = [_with_capacity(self.storage, capacity), _with_capacity(other.storage, capacity)]
+        self.storage = torch.cat(parts, dim=2)
+        self.host_lengths = [*self.host_lengths, *other.host_lengths]
+        self.lengths = torch.cat([self.lengths, other.lengths])
+
     def select_rows(self, keep: torch.Tensor) -> None:
         """Keep only rows `keep` (1-D long, in new order), e.g. to drop finished rows."""
         keep_list = keep.tolist()
         self.storage = self.storage[:, :, keep].contiguous()
         self.host_lengths = [self.host_lengths[i] for i in keep_list]
         self.lengths = self.lengths[keep]
+
+
+def _with_capacity(storage: torch.Tensor, capacity: int) -> torch.Tensor:
+    """storage (L, 2, B, H, S, d) zero-padded along S to `capacity` slots."""
+    missing = capacity - storage.shape[4]
+    if missing == 0:
+        return storage
+    pad = storage.new_zeros(*storage.shape[:4], missing, storage.shape[5])
+    return torch.cat([storage, pad], dim=4)

@@ -211,3 +211,21 @@ def test_bf16_cuda_speculative_matches_plain_mostly(arch: str) -> None:
     spec = _ids(decode_batch(target, _requests(PROMPTS), heads=heads, policy=DYNAMIC))
     same = sum(a == b for p, s in zip(plain, spec) for a, b in zip(p, s))
     assert same / sum(len(p) for p in plain) >= 0.8
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_waiting_requests_join_the_batch_as_rows_finish(speculative: bool) -> None:
+    model = tiny_model("llama")
+    target = Target(model)
+    heads = random_heads(model) if speculative else None
+    rule_lengths = [4, 20, 9, 14, 6]
+    prompts = [*PROMPTS, [2, 4, 6]]
+    requests = [
+        DecodeRequest(tuple(p), SamplingParams(max_tokens=n), StopRule(frozenset(), n))
+        for p, n in zip(prompts, rule_lengths)
+    ]
+    alone = [_ids(decode_batch(target, [r]))[0] for r in requests]
+    outs = decode_batch(target, requests, heads=heads, policy=DYNAMIC, max_batch_size=2)
+    assert _ids(outs) == alone
+    assert [len(o.token_ids) for o in outs] == rule_lengths
+    assert {o.stats.batch_size for o in outs} == {2}
