@@ -2,7 +2,8 @@
 
 It opens the database engine, refuses to start on an un-migrated database, loads the prompt
 codec once (token counting for context checks), connects the Celery client and the rate
-limiter, and registers the blueprints and the problem+json error handlers.
+limiter, and registers the metrics hooks, the blueprints (the dashboard's assets are the app's
+`api/static/`) and the problem+json error handlers.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import redis
 from flask import Flask, current_app, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.metrics import ApiMetrics, install_request_metrics
 from api.problems import ApiProblem, register_error_handlers
 from api.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from api.routes import docs, health
+from api.routes import dashboard, docs, health, metrics
 from api.routes import jobs as jobs_routes
 from api.schemas import InputLimits
 from api.services import EXTENSION_KEY, Services, close_db_session
@@ -61,10 +63,11 @@ def _build_services(settings: Settings) -> Services:
         if redis_client is None
         else RedisRateLimiter(redis_client, settings.rate_limit_per_minute, fallback)
     )
+    sessions = db.session_factory(engine)
     return Services(
         settings=settings,
         engine=engine,
-        sessions=db.session_factory(engine),
+        sessions=sessions,
         read_sessions=db.read_session_factory(engine),
         codec=PromptCodec.load(model_dir),
         rules=SubmissionRules(
@@ -75,6 +78,9 @@ def _build_services(settings: Settings) -> Services:
         celery=messaging.make_celery(settings) if settings.broker_url else None,
         redis=redis_client,
         limiter=limiter,
+        metrics=ApiMetrics.create(
+            sessions, redis_client, messaging.queue_for_model(settings.model_name)
+        ),
     )
 
 
@@ -95,11 +101,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask("api")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions[EXTENSION_KEY] = _build_services(settings)
+    built = _build_services(settings)
+    app.extensions[EXTENSION_KEY] = built
+    install_request_metrics(app, built.metrics)
     app.before_request(_reject_oversized_body)
     app.teardown_appcontext(close_db_session)
     register_error_handlers(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(jobs_routes.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(dashboard.bp)
     return app

@@ -310,6 +310,32 @@ def _paths(settings: Settings) -> dict[str, Any]:
                 },
             }
         },
+        "/": {
+            "get": {
+                "operationId": "dashboard",
+                "summary": "The dashboard (HTML; signs in with an API key in the browser).",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "HTML page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics: requests, latencies, jobs by status, queue depth.",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/docs": {
             "get": {
                 "operationId": "docs",

@@ -1,4 +1,5 @@
-"""What the views use, built once per app by `create_app`: settings, database, codec, limiter.
+"""What the views use, built once per app by `create_app`: settings, database, codec, limiter,
+metrics.
 
 `Services` is stored in `app.extensions["s4c"]` and read with `services()`. The per-request
 database session lives on `flask.g` (`db_session()`), closed by the app's teardown.
@@ -14,6 +15,7 @@ from flask import current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.metrics import ApiMetrics
 from api.ratelimit import RateLimiter
 from api.submission import SubmissionRules, TokenCounter
 from jobs.settings import Settings
@@ -32,6 +34,7 @@ class Services:
     celery: Celery | None
     redis: redis.Redis | None
     limiter: RateLimiter
+    metrics: ApiMetrics
 
 
 def services() -> Services:
