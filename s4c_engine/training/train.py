@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from s4c_engine.heads import DraftHeads, HeadConfig, HeadKind
 from s4c_engine.training.data import PositionData, build_draft_vocab, load_splits
+from s4c_engine.training.warm_start import warm_start
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class TrainConfig:
     warmup_steps: int = 50
     final_lr_fraction: float = 0.1
     depth_decay: float = 0.8
+    feature_weight: float = 1.0  # weight of the feature-regression term (0 = soft CE only)
+    warm_start: bool = True  # least-squares start of the s4c input projections
     noise: float = 0.0  # uniform noise on h_t (EAGLE-style augmentation), 0 = off
     val_percent: float = 3.0
     max_samples: int | None = None
@@ -96,6 +99,16 @@ class Batch:
     teacher_values: torch.Tensor
     valid: torch.Tensor
     greedy: torch.Tensor  # (K, B) target's greedy token at each head's position
+    future: torch.Tensor  # (K, B, D) target hidden state at each head's position
+
+
+@dataclass(frozen=True)
+class HeadLosses:
+    """Per head (K,): soft cross-entropy and feature regression; draft argmax ids (K, B)."""
+
+    ce: torch.Tensor
+    feature: torch.Tensor
+    preds: torch.Tensor
 
 
 def make_batch(
@@ -114,33 +127,41 @@ def make_batch(
         teacher_values=data.topk_values[tgt].float().to(device),
         valid=valid.to(device),
         greedy=data.token[tgt].to(device),
+        future=data.hidden[tgt].float().to(device),
     )
 
 
 def head_losses(
     heads: DraftHeads, batch: Batch, noise: float = 0.0, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Soft cross-entropy per head (K,) and each head's draft argmax as target ids (K, B).
+) -> HeadLosses:
+    """Soft cross-entropy and feature regression of every head on a batch.
 
     Teacher p = softmax of the cached top-k logits over those inside the draft vocabulary;
-    loss_i = mean over valid positions of -sum_v p(v) log q_i(v), q_i = softmax(head i).
+    ce_i = mean over valid positions of -sum_v p(v) log q_i(v), q_i = softmax(head i).
+    The target's own hidden state at head i's position is the feature whose frozen lm_head
+    output *is* the teacher distribution, so feature_i = smooth-L1(head features, that state)
+    (EAGLE-style): a dense, well-conditioned signal next to the sharp logits.
     """
     hidden = batch.hidden
     if noise > 0:
         jitter = torch.rand(hidden.shape, generator=generator).to(hidden.device) - 0.5
         hidden = hidden + noise * jitter
-    losses, preds = [], []
+    ces, feats, preds = [], [], []
     for i in range(heads.num_heads):
         path = batch.path[:, : i + 1] if heads.config.kind == "s4c" else None
-        logq = torch.log_softmax(heads.head_logits(i, hidden, path), dim=-1)  # (B, Vd)
+        features = heads.head_features(i, hidden, path)  # (B, D)
+        logq = torch.log_softmax(features @ heads.draft_lm_head.T, dim=-1)  # (B, Vd)
         draft = heads.target_to_draft[batch.teacher_ids[i]]  # (B, k), -1 outside
         inside = draft >= 0
         p = torch.softmax(batch.teacher_values[i].masked_fill(~inside, -math.inf), dim=-1)
         ok = batch.valid[i] & inside.any(-1)
         ce = -(p.nan_to_num(0.0) * logq.gather(1, draft.clamp(min=0))).sum(-1)  # (B,)
-        losses.append((ce * ok).sum() / ok.sum().clamp(min=1))
+        reg = torch.nn.functional.smooth_l1_loss(features, batch.future[i], reduction="none")
+        count = ok.sum().clamp(min=1)
+        ces.append((ce * ok).sum() / count)
+        feats.append((reg.mean(-1) * batch.valid[i]).sum() / count)
         preds.append(heads.to_target_ids(logq.argmax(-1)))
-    return torch.stack(losses), torch.stack(preds)
+    return HeadLosses(torch.stack(ces), torch.stack(feats), torch.stack(preds))
 
 
 def depth_weights(num_heads: int, decay: float) -> torch.Tensor:
@@ -159,8 +180,9 @@ def evaluate(heads: DraftHeads, data: PositionData, config: TrainConfig, step: i
     weights = depth_weights(k, config.depth_decay).to(config.device)
     for start in range(0, len(eligible), 1024):
         batch = make_batch(data, eligible[start : start + 1024], k, config.device)
-        losses, preds = head_losses(heads, batch)
-        loss_sum += float((losses * weights).sum())
+        out = head_losses(heads, batch)
+        preds = out.preds
+        loss_sum += float((out.ce * weights).sum())
         batches += 1
         hit = (preds == batch.greedy) & batch.valid  # (K, B)
         right += hit.sum(1)
@@ -252,6 +274,10 @@ def train_heads(config: TrainConfig) -> TrainResult:
     if ckpt is None:
         history.append(evaluate(heads, splits.val, config, 0))
         log.info("untrained val %s", history[-1])
+        if config.warm_start and head_config.kind == "s4c":
+            warm_start(heads, splits.train, seed=config.seed)
+            history.append(evaluate(heads, splits.val, config, 0))
+            log.info("warm-started val %s", history[-1])
     heads.train()
     running = float("nan")
     t0 = time.perf_counter()
@@ -261,8 +287,8 @@ def train_heads(config: TrainConfig) -> TrainResult:
         idx = batch_indices(eligible, step, config)
         batch = make_batch(splits.train, idx, heads.num_heads, config.device)
         noise_gen = torch.Generator().manual_seed(config.seed * 100_003 + step)
-        losses, _ = head_losses(heads, batch, config.noise, noise_gen)
-        loss = (losses * weights).sum()
+        out = head_losses(heads, batch, config.noise, noise_gen)
+        loss = (weights * (out.ce + config.feature_weight * out.feature)).sum()
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import GenerationConfig, LlamaForCausalLM
 
 from s4c_engine.heads import DraftHeads
 from s4c_engine.training.data import build_draft_vocab, load_splits
@@ -19,6 +19,7 @@ from s4c_engine.training.distill import (
 )
 from s4c_engine.training.prompts import TrainPrompt, balanced_mix
 from s4c_engine.training.train import TrainConfig, train_heads
+from tests.model_fixtures import tiny_model
 
 VOCAB = 96
 EOS = 2
@@ -26,21 +27,7 @@ EOS = 2
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=EOS,
-        pad_token_id=EOS,
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_model("llama", vocab_size=VOCAB)
     model.generation_config = GenerationConfig(eos_token_id=EOS, pad_token_id=EOS)
     path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
     model.save_pretrained(path)
