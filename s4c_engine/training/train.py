@@ -83,7 +83,8 @@ class TrainResult:
     seconds: float
     train_loss: float
     evaluation: Evaluation
-    draft_vocab_coverage: float
+    draft_vocab_coverage: float  # share of training answer tokens inside the draft vocabulary
+    val_draft_vocab_coverage: float  # the same on the validation answers
     train_positions: int
     train_samples: int
     history: tuple[Evaluation, ...] = field(default_factory=tuple)
@@ -329,6 +330,13 @@ def train_heads(config: TrainConfig) -> TrainResult:
         train_loss=running,
         evaluation=history[-1],
         draft_vocab_coverage=vocab.coverage,
+        val_draft_vocab_coverage=float(
+            (heads.target_to_draft[splits.val.token.to(heads.target_to_draft.device)] >= 0)
+            .float()
+            .mean()
+        )
+        if splits.val.num_positions
+        else 0.0,
         train_positions=len(eligible),
         train_samples=splits.train.num_samples,
         history=tuple(history),
