@@ -68,6 +68,8 @@ class Settings:
     baseline_min_count: int = 2
     # Redis redelivers a message unacked for this long; keep it well above the longest chunk.
     visibility_timeout_seconds: int = 3600
+    # Prometheus endpoint of each worker process (0 = off); one port per process on a host.
+    worker_metrics_port: int = 0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -100,6 +102,7 @@ class Settings:
             baseline_sample=_float(env, "S4C_BASELINE_SAMPLE", 0.05),
             baseline_min_count=_int(env, "S4C_BASELINE_MIN_COUNT", 2),
             visibility_timeout_seconds=_int(env, "S4C_VISIBILITY_TIMEOUT_SECONDS", 3600),
+            worker_metrics_port=_int(env, "S4C_WORKER_METRICS_PORT", 0),
         )
 
     @property

@@ -1,7 +1,8 @@
 """The worker's Celery app: `celery -A worker.app worker` or `worker.launch.run_worker`.
 
 `create_worker_app(settings)` builds the app, registers the tasks and adds a bootstep that
-refuses an un-migrated database, runs the lease sweep thread and turns a warm shutdown
+refuses an un-migrated database, runs the lease sweep thread and the Prometheus endpoint
+(`S4C_WORKER_METRICS_PORT`, see worker/metrics.py) and turns a warm shutdown
 (SIGTERM) into "stop the current chunk and hand it back". The module attribute `celery_app`
 (also `app`) is created on first access from `Settings.from_env()`, so importing this module
 reads nothing.
@@ -19,6 +20,7 @@ from celery.signals import worker_shutting_down
 from jobs.messaging import make_celery
 from jobs.migrate import require_up_to_date
 from jobs.settings import Settings
+from worker.metrics import MetricsServer, serve_metrics
 from worker.runtime import WorkerRuntime
 from worker.sweep import SweepThread
 from worker.tasks import register_tasks
@@ -48,6 +50,7 @@ def _lifecycle_step(
     app: Celery, runtime: WorkerRuntime, preload_engine: bool
 ) -> type[bootsteps.StartStopStep]:
     sweeper = SweepThread(runtime.sessions, app, runtime.settings)
+    metrics_servers: list[MetricsServer] = []
 
     def on_shutting_down(**_kwargs: Any) -> None:
         runtime.shutdown.set()  # runs in the signal handler: only set a flag
@@ -61,6 +64,9 @@ def _lifecycle_step(
                 runtime.engine()
             worker_shutting_down.connect(on_shutting_down, weak=False)
             sweeper.start()
+            served = serve_metrics(runtime.settings.worker_metrics_port)
+            if served is not None:
+                metrics_servers.append(served)
             log.info(
                 "worker %s ready (lease sweep every %ss)",
                 runtime.worker_id,
@@ -70,6 +76,8 @@ def _lifecycle_step(
         def stop(self, worker: Any) -> None:
             runtime.shutdown.set()
             sweeper.stop()
+            while metrics_servers:
+                metrics_servers.pop().stop()
 
     return WorkerLifecycle
 

@@ -27,6 +27,7 @@ from jobs.settings import Settings
 from jobs.types import BaselineRun, ChunkOutcome, Claim, RequestOutcome
 from s4c_engine.config import GenerationResult, Method, Prompt, SamplingParams
 from s4c_engine.errors import PromptError
+from worker.metrics import record_chunk
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,9 @@ def run_chunk(
     runs = {i: g for i, g in generated.items() if isinstance(g, GenerationResult)}
     if claim.measure_baseline and pending and len(runs) == len(pending) and not guard.stopped:
         baseline = measure_baseline(engine, pending, runs, seconds, guard)
-    return _settle(sessions, claim, guard, ChunkOutcome(outcomes, seconds, engine.method, baseline))
+    outcome = ChunkOutcome(outcomes, seconds, engine.method, baseline)
+    record_chunk(outcome)
+    return _settle(sessions, claim, guard, outcome)
 
 
 def generate_isolating_failures(
