@@ -8,6 +8,7 @@ Hugging Face `apply_chat_template(..., add_generation_prompt=True)` renders it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -116,7 +117,7 @@ class PromptCodec:
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.encode(prompt))
 
-    def decode(self, ids: list[int] | tuple[int, ...]) -> str:
+    def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`, special tokens dropped."""
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
