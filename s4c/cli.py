@@ -57,11 +57,14 @@ def load_settings() -> Settings:
 
 
 def configure_logging(verbose: bool) -> None:
+    """INFO on stderr (DEBUG with -v); Alembic's per-migration chatter only with -v."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def make_client(settings: Settings, *, need_key: bool = True) -> Client:

@@ -135,7 +135,7 @@ class RedisServer:
             if self.process is not None and self.process.poll() is not None:
                 break
             if self._answers_ping():
-                log.info("redis-server ready on port %d", self.port)
+                log.debug("redis-server ready on port %d", self.port)
                 return
             time.sleep(0.05)
         raise EmbeddedServerError(
@@ -269,7 +269,7 @@ class PostgresCluster:
             try:
                 with psycopg.connect(self.libpq_url("postgres"), connect_timeout=2) as conn:
                     conn.execute("SELECT 1")
-                log.info("postgres ready on port %d", self.port)
+                log.debug("postgres ready on port %d", self.port)
                 return
             except psycopg.OperationalError as exc:
                 last_error = exc
