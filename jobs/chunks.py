@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Insert, and_, exists, func, or_, select, update
+from sqlalchemy import Insert, and_, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -134,21 +134,27 @@ def is_job_runnable(session: Session, job_id: str) -> bool:
 
 def pending_requests(session: Session, claim: Claim) -> list[JobRequest]:
     """The claimed chunk's requests that have no result yet, in input order."""
-    has_result = exists().where(
-        Result.job_id == JobRequest.job_id, Result.input_index == JobRequest.input_index
-    )
-    return list(
+    # Two index range scans rather than an anti-join: the planner's statistics on a freshly
+    # filled results table can turn an anti-join into a scan per row.
+    done = set(
         session.scalars(
-            select(JobRequest)
-            .where(
-                JobRequest.job_id == claim.job_id,
-                JobRequest.input_index >= claim.start_index,
-                JobRequest.input_index < claim.end_index,
-                ~has_result,
+            select(Result.input_index).where(
+                Result.job_id == claim.job_id,
+                Result.input_index >= claim.start_index,
+                Result.input_index < claim.end_index,
             )
-            .order_by(JobRequest.input_index)
         )
     )
+    requests = session.scalars(
+        select(JobRequest)
+        .where(
+            JobRequest.job_id == claim.job_id,
+            JobRequest.input_index >= claim.start_index,
+            JobRequest.input_index < claim.end_index,
+        )
+        .order_by(JobRequest.input_index)
+    )
+    return [r for r in requests if r.input_index not in done]
 
 
 def _insert_ignoring_duplicates(session: Session) -> Insert:
@@ -376,22 +382,22 @@ def finish_job_if_done(session: Session, job_id: str, *, now: datetime | None = 
 
 def _cancel_remaining(session: Session, job: Job, now: datetime) -> None:
     """Give every request without a result a `cancelled` one; stop all unfinished chunks."""
-    has_result = exists().where(
-        Result.job_id == JobRequest.job_id, Result.input_index == JobRequest.input_index
-    )
-    after = -1
-    while True:
-        page = session.execute(
-            select(JobRequest.input_index, JobRequest.custom_id)
-            .where(JobRequest.job_id == job.id, JobRequest.input_index > after, ~has_result)
-            .order_by(JobRequest.input_index)
-            .limit(_PAGE)
-        ).all()
-        if not page:
-            break
-        outcomes = [RequestOutcome.cancelled(index, custom_id) for index, custom_id in page]
-        job.cancelled_count += len(insert_results(session, job.id, outcomes, now))
-        after = page[-1].input_index
+    # One INSERT ... SELECT over all the job's requests; those that have a result already are
+    # skipped by ON CONFLICT DO NOTHING (no planner-sensitive anti-join over results).
+    marker = RequestOutcome.cancelled(0, "")
+    error = {"code": marker.error_code, "message": marker.error_message}
+    source = select(
+        JobRequest.job_id,
+        JobRequest.custom_id,
+        JobRequest.input_index,
+        literal(ResultStatus.CANCELLED, Result.__table__.c.status.type),
+        literal(error, Result.__table__.c.error.type),
+        literal(now, Result.__table__.c.created_at.type),
+    ).where(JobRequest.job_id == job.id)
+    columns = ["job_id", "custom_id", "input_index", "status", "error", "created_at"]
+    session.execute(_insert_ignoring_duplicates(session).from_select(columns, source))
+    # Every request now has exactly one result, so the cancelled ones are the rest.
+    job.cancelled_count = job.total_count - job.completed_count - job.failed_count
     session.execute(
         update(Chunk)
         .where(Chunk.job_id == job.id, Chunk.state.in_((ChunkState.QUEUED, ChunkState.RUNNING)))

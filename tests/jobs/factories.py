@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy.orm import Session
 
 from jobs import store
@@ -15,8 +17,10 @@ def settings(**changes: object) -> Settings:
     return Settings.from_env({}).with_overrides(**changes)
 
 
-def tenant(session: Session, name: str = "acme") -> Tenant:
-    return store.create_tenant(session, name)
+def tenant(session: Session, name: str | None = None) -> Tenant:
+    """A tenant; unnamed ones are unique, because the PostgreSQL test database is shared
+    with other test packages that commit rows."""
+    return store.create_tenant(session, name or f"tenant-{uuid.uuid4().hex[:10]}")
 
 
 def new_job(

@@ -103,7 +103,8 @@ def test_released_chunk_returns_to_the_queue(db_session: Session) -> None:
 
 
 def test_job_fails_when_every_request_failed(db_session: Session) -> None:
-    job = factories.job(db_session, factories.tenant(db_session), 2, chunk_size=2)
+    owner = factories.tenant(db_session)
+    job = factories.job(db_session, owner, 2, chunk_size=2)
     claim = store.claim_chunk(
         db_session, store.chunk_ids(db_session, job.id)[0], "w", lease_seconds=LEASE
     )
@@ -115,13 +116,14 @@ def test_job_fails_when_every_request_failed(db_session: Session) -> None:
     assert view["status"] == "failed" and view["failed_at"] is not None
     assert view["errors"][0]["code"] == "all_requests_failed"
     assert view["request_counts"]["failed"] == 2
-    result = store.list_results(db_session, factories.tenant(db_session), job.id)[0][0]
+    result = store.list_results(db_session, owner, job.id)[0][0]
     assert store.result_view(result)["error"] == {"code": "engine_error", "message": "boom"}
     assert store.result_view(result)["response"] is None
 
 
 def test_statistics_aggregate_over_chunks_with_a_measured_baseline(db_session: Session) -> None:
-    job = factories.job(db_session, factories.tenant(db_session), 4, chunk_size=2)
+    owner = factories.tenant(db_session)
+    job = factories.job(db_session, owner, 4, chunk_size=2)
     first, second = store.chunk_ids(db_session, job.id)
     claim = store.claim_chunk(db_session, first, "w", lease_seconds=LEASE)
     assert claim is not None
@@ -155,7 +157,7 @@ def test_statistics_aggregate_over_chunks_with_a_measured_baseline(db_session: S
         "greedy_checked": 2,
         "greedy_matched": 2,
     }
-    one = store.list_results(db_session, factories.tenant(db_session), job.id)[0][0]
+    one = store.list_results(db_session, owner, job.id)[0][0]
     assert store.result_view(one)["response"]["stats"]["tau"] == 2.0
 
 

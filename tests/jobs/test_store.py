@@ -9,19 +9,20 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jobs import store
-from jobs.models import ApiKey, Chunk, ChunkState, JobRequest, JobStatus, Result, ResultStatus
+from jobs.models import ApiKey, Chunk, ChunkState, Job, JobRequest, JobStatus, Result, ResultStatus
 from jobs.types import ChunkOutcome, RequestOutcome
 from tests.jobs import factories
 
 
 def test_api_key_is_stored_only_as_a_hash_and_authenticates(db_session: Session) -> None:
-    key, plaintext = store.create_api_key(db_session, "acme")
+    name = factories.tenant(db_session).name
+    key, plaintext = store.create_api_key(db_session, name)
     assert plaintext.startswith(store.KEY_PREFIX)
-    stored = db_session.scalars(select(ApiKey)).all()
+    stored = db_session.scalars(select(ApiKey).where(ApiKey.tenant_id == key.tenant_id)).all()
     assert [k.key_hash for k in stored] == [store.hash_api_key(plaintext)]
     assert all(plaintext not in (k.key_hash, k.prefix) for k in stored)
     tenant = store.authenticate(db_session, plaintext)
-    assert tenant is not None and tenant.name == "acme"
+    assert tenant is not None and tenant.name == name
     assert key.last_used_at is not None
 
 
@@ -70,13 +71,16 @@ def test_same_idempotency_key_returns_the_existing_job(db_session: Session) -> N
     again = factories.job(db_session, owner, 7, idempotency_key="abc")
     assert again.id == first.id
     assert store.find_idempotent_job(db_session, owner, "abc") is not None
-    other = factories.tenant(db_session, "other")
-    assert factories.job(db_session, other, 1, idempotency_key="abc").id != first.id
-    assert db_session.scalar(select(func.count(JobRequest.id))) == 3 + 1
+    other = factories.tenant(db_session)
+    second = factories.job(db_session, other, 1, idempotency_key="abc")
+    assert second.id != first.id
+    stored = select(func.count(JobRequest.id)).where(JobRequest.job_id.in_([first.id, second.id]))
+    assert db_session.scalar(stored) == 3 + 1
+    assert db_session.scalar(select(func.count(Job.id)).where(Job.tenant_id == owner.id)) == 1
 
 
 def test_another_tenants_job_is_not_found(db_session: Session) -> None:
-    owner, intruder = factories.tenant(db_session, "a"), factories.tenant(db_session, "b")
+    owner, intruder = factories.tenant(db_session), factories.tenant(db_session)
     job = factories.job(db_session, owner, 3)
     assert store.get_job(db_session, intruder, job.id) is None
     assert store.cancel_job(db_session, intruder, job.id) is None
