@@ -1,7 +1,8 @@
 """Serve the API's WSGI app with gunicorn (threaded workers) for `s4c api`.
 
 The Flask app is built by `api.create_app(settings)` inside each gunicorn worker after the
-fork, so no database connection or socket is shared across processes.
+fork, so no database connection or socket is shared across processes. An app that cannot
+start (model missing, database unreachable) stops the server with its one-line reason.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.errors import AppImportError
 
 from jobs.settings import Settings
 
@@ -26,9 +28,13 @@ class ApiServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from api import create_app
+        from api import StartupError, create_app
 
-        return create_app(self.settings)
+        try:
+            return create_app(self.settings)
+        except StartupError as exc:
+            # gunicorn prints this message alone and halts with "App failed to load" (exit 4)
+            raise AppImportError(f"Error: {exc}") from exc
 
 
 def serve_api(settings: Settings, *, host: str, port: int, processes: int, threads: int) -> None:
@@ -43,5 +49,7 @@ def serve_api(settings: Settings, *, host: str, port: int, processes: int, threa
         "accesslog": "-",
         "errorlog": "-",
         "loglevel": "info",
+        # several servers may run on one host (serve, tests): no shared control socket
+        "control_socket_disable": True,
     }
     ApiServer(settings, options).run()
