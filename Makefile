@@ -35,11 +35,14 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff (lint and format), mypy, import-linter contracts
+# every tool runs even when an earlier one fails, so one run shows every problem
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy jobs api worker s4c
-	$(BIN)/lint-imports
+	@status=0; \
+	echo "ruff check"; $(BIN)/ruff check . || status=1; \
+	echo "ruff format --check"; $(BIN)/ruff format --check . || status=1; \
+	echo "mypy"; $(BIN)/mypy jobs api worker s4c || status=1; \
+	echo "lint-imports"; $(BIN)/lint-imports || status=1; \
+	exit $$status
 
 ## migrations-check: alembic upgrade head + alembic check on fresh SQLite and PostgreSQL
 migrations-check: $(STAMP)
