@@ -30,11 +30,13 @@ PROMPTS = [
 
 
 @torch.inference_mode()
-def forward_ms(target: Target, batch: int, tokens: int, kv_length: int = 300,
-               repeats: int = 5) -> float:
+def forward_ms(
+    target: Target, batch: int, tokens: int, kv_length: int = 300, repeats: int = 5
+) -> float:
     """Mean ms of one target forward of `tokens` new tokens per row after kv_length."""
-    cache = RowKVCache.allocate(target.config, batch, kv_length + tokens + 1,
-                                device=target.device, dtype=target.dtype)
+    cache = RowKVCache.allocate(
+        target.config, batch, kv_length + tokens + 1, device=target.device, dtype=target.dtype
+    )
     cache.advance([kv_length] * batch)
     ids = torch.randint(0, 1000, (batch, tokens), device=target.device)
     block = torch.ones(tokens, tokens, dtype=torch.bool, device=target.device).tril()
@@ -54,21 +56,23 @@ def forward_ms(target: Target, batch: int, tokens: int, kv_length: int = 300,
     return (time.perf_counter() - start) / repeats * 1000
 
 
-def end_to_end(engine: Engine, max_tokens: int) -> None:
-    prompts = [Prompt(messages=(ChatMessage("user", q),)) for q in PROMPTS]
+def end_to_end(engine: Engine, max_tokens: int, count: int) -> None:
+    """Batch-1 greedy tau and tokens/s, plain vs speculative, on `count` chat prompts."""
+    prompts = [Prompt(messages=(ChatMessage("user", q),)) for q in PROMPTS[:count]]
     params = [SamplingParams(max_tokens=max_tokens)]
     for method in ("ar", None):
-        tokens, seconds, forwards, outs = 0, 0.0, 0, []
+        tokens, seconds, forwards = 0, 0.0, 0
         for p in prompts:
             start = time.perf_counter()
             result = engine.generate([p], params, method=method)[0]
             seconds += time.perf_counter() - start
             tokens += result.stats.completion_tokens
             forwards += result.stats.target_forwards
-            outs.append(result.token_ids)
         name = method or engine.method
-        print(f"{name:>6}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tok/s, "
-              f"tau {tokens / forwards:.2f}")
+        print(
+            f"{name:>6}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tok/s, "
+            f"tau {tokens / forwards:.2f}"
+        )
 
 
 def main() -> None:
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--batches", default="1,2,4,8,16")
     parser.add_argument("--tokens", default="1,4,8,12,16,24")
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS))
     parser.add_argument("--skip-forward", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,7 +99,7 @@ def main() -> None:
         config = HeadConfig.for_target(model, engine.info.name)
         engine.heads = DraftHeads.create(config, model).eval()
         print("using untrained (identity-start) s4c heads")
-    end_to_end(engine, args.max_tokens)
+    end_to_end(engine, args.max_tokens, args.prompts)
 
 
 if __name__ == "__main__":
