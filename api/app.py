@@ -79,7 +79,10 @@ def _build_services(settings: Settings) -> Services:
         redis=redis_client,
         limiter=limiter,
         metrics=ApiMetrics.create(
-            sessions, redis_client, messaging.queue_for_model(settings.model_name)
+            sessions,
+            redis_client,
+            messaging.queue_for_model(settings.model_name),
+            multiprocess_dir=settings.metrics_multiprocess_dir,
         ),
     )
 

@@ -3,8 +3,9 @@
 `ApiMetrics.create(...)` builds one registry per app (no process-global registry): request
 counters and a latency histogram updated by `install_request_metrics`, and a collector that
 reads jobs by state from the database and the model queue's length from Redis at scrape time.
-Request metrics count what this process served; `s4c api` runs one process (threads inside),
-so they are the whole API's. The database and Redis readings are the same from any process.
+Request metrics count what this process served, unless `Settings.metrics_multiprocess_dir`
+is set (`s4c api --processes N` sets it): then every gunicorn process writes them to files
+there and a scrape sums all processes. Database and Redis readings are the same anywhere.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -113,22 +116,35 @@ class ApiMetrics:
 
     @classmethod
     def create(
-        cls, sessions: sessionmaker[Session], redis_client: redis.Redis | None, queue: str
+        cls,
+        sessions: sessionmaker[Session],
+        redis_client: redis.Redis | None,
+        queue: str,
+        *,
+        multiprocess_dir: Path | None = None,
     ) -> ApiMetrics:
+        """Metrics for one app. With `multiprocess_dir` (gunicorn with several processes; the
+        same directory as PROMETHEUS_MULTIPROC_DIR, which prometheus_client reads at import)
+        the request metrics are written to files there and the exposed registry sums them
+        over all processes."""
         registry = CollectorRegistry(auto_describe=True)
+        # Multiprocess: the metric objects still need a registry, but it is never exposed.
+        values = CollectorRegistry() if multiprocess_dir is not None else registry
         requests = Counter(
             "s4c_api_requests",
             "HTTP requests answered, by route template, method and status code.",
             ["route", "method", "status"],
-            registry=registry,
+            registry=values,
         )
         latency = Histogram(
             "s4c_api_request_duration_seconds",
             "Time from the request's arrival to its response (streamed bodies: to the headers).",
             ["route", "method"],
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=values,
         )
+        if multiprocess_dir is not None:
+            MultiProcessCollector(registry, path=str(multiprocess_dir))
         registry.register(ServiceStateCollector(sessions, redis_client, queue))
         return cls(registry, requests, latency)
 

@@ -70,6 +70,9 @@ class Settings:
     visibility_timeout_seconds: int = 3600
     # Prometheus endpoint of each worker process (0 = off); one port per process on a host.
     worker_metrics_port: int = 0
+    # Set (by `s4c api --processes N`, or by hand) when several API processes share one port:
+    # prometheus_client then keeps request metrics in files here and /metrics sums them.
+    metrics_multiprocess_dir: Path | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -103,6 +106,11 @@ class Settings:
             baseline_min_count=_int(env, "S4C_BASELINE_MIN_COUNT", 2),
             visibility_timeout_seconds=_int(env, "S4C_VISIBILITY_TIMEOUT_SECONDS", 3600),
             worker_metrics_port=_int(env, "S4C_WORKER_METRICS_PORT", 0),
+            metrics_multiprocess_dir=(
+                Path(env["PROMETHEUS_MULTIPROC_DIR"])
+                if env.get("PROMETHEUS_MULTIPROC_DIR")
+                else None
+            ),
         )
 
     @property
