@@ -2,17 +2,18 @@
 
 `s4c serve`'s ServiceStack runs the API (gunicorn) and a real worker process on a tiny random
 Llama with untrained S4C heads, on a fresh PostgreSQL database and the session's Redis.
-Selenium drives Debian's chromium through Debian's chromedriver (installed by .ci/run; never
-downloaded by the test tool): sign in, submit two JSONL files from the page, watch them
-complete, check that every plot holds bars with the job's numbers, cancel a job, and save
-screenshots under artifacts/dashboard/. The worker's Prometheus endpoint is scraped too.
-"""
+Selenium drives Debian's chromium through Debian's chromedriver (apt-get, by .ci/run or this
+test's setup; never downloaded by the test tool): sign in, submit two JSONL files from the
+page, watch them complete, check that every plot holds bars with the job's numbers, cancel a
+job, and save screenshots under artifacts/dashboard/. The worker's metrics are scraped too."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import shutil
+import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -50,6 +51,7 @@ CHROMIUM_FLAGS = (
     "--window-size=1280,1400",
 )
 WAIT_SECONDS = 120
+APT_INSTALL = ("apt-get", "install", "-y", "-qq", "chromium", "chromium-driver")
 
 
 def jsonl_file(path: Path, topic: str, max_tokens: list[int]) -> Path:
@@ -114,14 +116,25 @@ def service(
         stack.stop()
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+def install_chromium() -> None:
+    """Debian's chromium and chromedriver, installed with apt-get when missing (as .ci/run
+    does); the test tool itself never downloads a browser."""
+    if CHROMIUM.exists() and CHROMEDRIVER.exists():
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        for command in (["apt-get", "update", "-qq"], [*APT_INSTALL]):
+            subprocess.run(command, check=False, timeout=900, capture_output=True)
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    assert not missing, f"{missing} missing: apt-get install -y chromium chromium-driver"
+    assert not missing, f"{missing} missing: run `{' '.join(APT_INSTALL)}` as root"
+
+
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    install_chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never download
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never download
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in CHROMIUM_FLAGS:
@@ -220,7 +233,12 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
 
     def both_completed(_driver: Any) -> bool:
         for job_id in (qa, chat):
-            seen_progress.add(row(job_id).find_element(By.CSS_SELECTOR, ".progress .count").text)
+            count = row(job_id).find_element(By.CSS_SELECTOR, ".progress .count").text
+            done, total = (int(n) for n in count.split(" / "))
+            if 0 < done < total and not any("partial" in s for s in seen_progress):
+                seen_progress.add("partial")
+                shoot(browser, "03-in-progress")
+            seen_progress.add(count)
         return status_of(qa) == "completed" and status_of(chat) == "completed"
 
     wait.until(both_completed)
@@ -249,7 +267,7 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
     assert groups["qa (1)"] == pytest.approx(stats["baseline"]["speedup"])
     caption = browser.find_element(By.ID, "throughput-caption").text
     assert "measured speedup" in caption
-    shoot(browser, "03-completed-with-plots")
+    shoot(browser, "04-completed-with-plots")
 
     # cancel a big job (no baseline re-runs) from the page once its first chunk is in
     lines = jsonl_file(tmp_path / "big.jsonl", "big", [24] * 48)
@@ -266,7 +284,7 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
         f"{url}/v1/jobs/{big}", headers={"Authorization": f"Bearer {key}"}, timeout=10
     ).json()["request_counts"]
     assert counts["completed"] >= 4 and counts["cancelled"] > 0
-    shoot(browser, "04-cancelled")
+    shoot(browser, "05-cancelled")
 
     # the worker's Prometheus endpoint counted the chunks it generated
     metrics_url = f"http://127.0.0.1:{service.worker_metrics_port}/metrics"
