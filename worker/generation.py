@@ -165,13 +165,18 @@ def run_chunk(
     started = time.perf_counter()
     generated = generate_isolating_failures(engine, pending, guard.should_stop)
     seconds = time.perf_counter() - started
-    outcomes = [_outcome(r, generated[r.index]) for r in pending]
-    baseline = None
+    outcome = ChunkOutcome(
+        [_outcome(r, generated[r.index]) for r in pending], seconds, engine.method
+    )
+    record_chunk(outcome)
     runs = {i: g for i, g in generated.items() if isinstance(g, GenerationResult)}
     if claim.measure_baseline and pending and len(runs) == len(pending) and not guard.stopped:
+        # Results first, so the job's progress shows them while the baseline re-run goes on.
+        with transaction(sessions) as session:
+            if not store.record_chunk_results(session, claim, outcome, complete=False):
+                return ChunkReport(claim.chunk_id, "lease_lost")
         baseline = measure_baseline(engine, pending, runs, seconds, guard)
-    outcome = ChunkOutcome(outcomes, seconds, engine.method, baseline)
-    record_chunk(outcome)
+        outcome = ChunkOutcome([], method=engine.method, baseline=baseline)
     return _settle(sessions, claim, guard, outcome)
 
 

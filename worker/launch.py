@@ -15,6 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from celery.utils.nodenames import default_nodename, host_format
+
 from jobs.db import create_db_engine
 from jobs.messaging import queue_for_model
 from jobs.migrate import DatabaseNotMigrated, require_up_to_date
@@ -75,7 +77,7 @@ def run_worker(
 
     app = create_worker_app(settings, preload_engine=True)  # solo pool: load before consuming
     worker = app.Worker(
-        hostname=name or f"s4c-{resolved.replace(':', '')}@%h",
+        hostname=host_format(default_nodename(name or f"s4c-{resolved}@%h")),
         queues=list(queues or [queue_for_model(settings.model_name)]),
         pool_cls="solo",
         concurrency=1,
