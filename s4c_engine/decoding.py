@@ -35,7 +35,7 @@ from s4c_engine.sampling import choose_tokens, make_generator
 from s4c_engine.stopping import Decode, StopRule, extend_until_stop
 from s4c_engine.target import Target
 from s4c_engine.tree import StaticTree, compile_tree
-from s4c_engine.tree_policy import PLAIN, PLAIN_POLICY, TreePolicy
+from s4c_engine.tree_policy import PLAIN, PLAIN_POLICY, SpeculationGate, TreePolicy
 from s4c_engine.verification import Acceptance, accept, verify
 
 
@@ -102,12 +102,14 @@ def decode_batch(
     decode: Decode | None = None,
     should_stop: Callable[[], bool] | None = None,
     max_batch_size: int | None = None,
+    adaptive: bool = True,
 ) -> list[DecodeOutput]:
     """Generate for all requests; outputs in request order.
 
     At most max_batch_size rows (default: all) decode together; when rows finish, waiting
     requests (taken in the given order) are prefilled and join the running batch. With
-    heads=None or the plain policy this is plain autoregressive decoding. Greedy output is
+    heads=None or the plain policy this is plain autoregressive decoding; `adaptive` lets a
+    SpeculationGate fall back to plain steps while the heads' drafts are not paying off. Greedy output is
     identical either way; sampled output has the same distribution.
     """
     rows = [_Row(r, make_generator(r.params, target.device)) for r in requests]
@@ -115,6 +117,7 @@ def decode_batch(
     static = _compile_static(policy, target.device)
     waiting = deque(range(len(rows)))
     batch = _Batch()
+    gate = SpeculationGate() if adaptive else SpeculationGate(tau=float("inf"))
     with torch.inference_mode():
         while batch.live or waiting:
             if should_stop is not None and should_stop():
@@ -128,8 +131,10 @@ def decode_batch(
                 _admit(target, batch, rows, admitted, policy, decode)
                 _drop_finished(rows, batch)
                 continue
-            shape = policy.shape_for(len(batch.live)) if heads is not None else PLAIN
+            shape = PLAIN if heads is None else gate.choose(policy.shape_for(len(batch.live)))
             acceptance = _step(target, batch, heads, shape, static, rows)
+            if not shape.is_plain:
+                gate.record(1 + sum(acceptance.accepted) / len(acceptance.accepted), shape)
             for j, i in enumerate(batch.live):
                 row = rows[i]
                 row.record_walk(acceptance.has_children[j], acceptance.accepted[j])

@@ -67,9 +67,11 @@ class Engine:
         device: str = "cpu",
         dtype: str = "float32",
         max_batch_size: int = 16,
+        policy: TreePolicy | None = None,
     ) -> Engine:
         """Load a HF causal-LM directory; heads from heads_path, else the shipped ones for
         `method`, else plain decoding (logged). HeadsMismatchError for heads of another model.
+        policy: tree sizes by batch size (default: the measured CPU or GPU table).
         """
         model_dir = Path(model_dir)
         info = read_model_info(model_dir, model_dir.name)
@@ -81,7 +83,8 @@ class Engine:
                 heads = DraftHeads.load(Path(path), target.model, info.name).eval()
             else:
                 log.warning("no %s draft heads at %s; falling back to plain decoding", method, path)
-        policy = GPU_POLICY if torch.device(device).type == "cuda" else CPU_POLICY
+        if policy is None:
+            policy = GPU_POLICY if torch.device(device).type == "cuda" else CPU_POLICY
         return cls(target, PromptCodec.load(model_dir), info, heads, policy, max_batch_size)
 
     @property

@@ -37,20 +37,47 @@ class TreePolicy:
 
 CPU_POLICY = TreePolicy(
     (
-        (1, TreeShape(nodes=16, depth=4, top_k=4)),
-        (2, TreeShape(nodes=10, depth=4, top_k=3)),
-        (4, TreeShape(nodes=6, depth=3, top_k=2)),
-        (8, TreeShape(nodes=4, depth=3, top_k=1)),
+        (1, TreeShape(nodes=16, depth=4, top_k=4, step_cost=1.9)),
+        (2, TreeShape(nodes=10, depth=4, top_k=3, step_cost=1.9)),
+        (4, TreeShape(nodes=6, depth=3, top_k=2, step_cost=1.8)),
+        (8, TreeShape(nodes=4, depth=3, top_k=1, step_cost=1.8)),
     )
 )
 
 GPU_POLICY = TreePolicy(
     (
-        (1, TreeShape(nodes=48, depth=5, top_k=8)),
-        (4, TreeShape(nodes=32, depth=5, top_k=6)),
-        (16, TreeShape(nodes=16, depth=4, top_k=4)),
-        (32, TreeShape(nodes=8, depth=3, top_k=3)),
+        (1, TreeShape(nodes=48, depth=5, top_k=8, step_cost=1.3)),
+        (4, TreeShape(nodes=32, depth=5, top_k=6, step_cost=1.3)),
+        (16, TreeShape(nodes=16, depth=4, top_k=4, step_cost=1.3)),
+        (32, TreeShape(nodes=8, depth=3, top_k=3, step_cost=1.3)),
     )
 )
 
 PLAIN_POLICY = TreePolicy(())
+
+
+@dataclass
+class SpeculationGate:
+    """Falls back to plain steps while speculation does not pay (weak heads, hard text).
+
+    Tracks an exponential moving average of tokens per speculative step; when it drops below
+    the tree's step_cost, the next `backoff` steps decode plainly, then one speculative step
+    probes again. Greedy output is unaffected (every step is exact), and so is the sampling
+    distribution (every step is lossless). Mutable per decode call; passed in, never global.
+    """
+
+    tau: float = 3.0  # optimistic start: speculate first, learn from what is accepted
+    backoff: int = 16
+    plain_left: int = 0
+
+    def choose(self, shape: TreeShape) -> TreeShape:
+        if shape.is_plain or self.plain_left == 0:
+            return shape
+        self.plain_left -= 1
+        return PLAIN
+
+    def record(self, tokens_per_step: float, shape: TreeShape) -> None:
+        self.tau = 0.7 * self.tau + 0.3 * tokens_per_step
+        if self.tau < shape.step_cost:
+            self.plain_left = self.backoff
+            self.tau = shape.step_cost  # one good probe is enough to resume
