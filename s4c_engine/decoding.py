@@ -109,8 +109,8 @@ def decode_batch(
     At most max_batch_size rows (default: all) decode together; when rows finish, waiting
     requests (taken in the given order) are prefilled and join the running batch. With
     heads=None or the plain policy this is plain autoregressive decoding; `adaptive` lets a
-    SpeculationGate fall back to plain steps while the heads' drafts are not paying off. Greedy output is
-    identical either way; sampled output has the same distribution.
+    SpeculationGate fall back to plain steps while the drafts are not paying off. Greedy
+    output is identical either way; sampled output has the same distribution.
     """
     rows = [_Row(r, make_generator(r.params, target.device)) for r in requests]
     limit = max_batch_size or len(rows)
