@@ -170,12 +170,16 @@ def run_chunk(
     )
     record_chunk(outcome)
     runs = {i: g for i, g in generated.items() if isinstance(g, GenerationResult)}
-    if claim.measure_baseline and pending and len(runs) == len(pending) and not guard.stopped:
+    # Plain decoding has no baseline but itself: nothing to measure without speculation.
+    speculative = engine.method != "ar"
+    if claim.measure_baseline and speculative and pending and len(runs) == len(pending):
         # Results first, so the job's progress shows them while the baseline re-run goes on.
         with transaction(sessions) as session:
             if not store.record_chunk_results(session, claim, outcome, complete=False):
                 return ChunkReport(claim.chunk_id, "lease_lost")
-        baseline = measure_baseline(engine, pending, runs, seconds, guard)
+        baseline = (
+            None if guard.stopped else measure_baseline(engine, pending, runs, seconds, guard)
+        )
         outcome = ChunkOutcome([], method=engine.method, baseline=baseline)
     return _settle(sessions, claim, guard, outcome)
 

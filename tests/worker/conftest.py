@@ -87,14 +87,18 @@ def worker_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
 
 
 @pytest.fixture
-def worker_settings(worker_db_url: str, redis_url: str, worker_model_dir: Path) -> Settings:
-    """Settings for one test: its own model name, hence its own queue on the shared Redis."""
+def worker_settings(
+    worker_db_url: str, redis_url: str, worker_model_dir: Path, worker_heads_dir: Path
+) -> Settings:
+    """Settings for one test: its own model name, hence its own queue on the shared Redis;
+    the tiny model with draft heads, so workers decode speculatively."""
     return Settings.from_env({}).with_overrides(
         database_url=worker_db_url,
         broker_url=redis_url,
         model_name=f"tiny-{uuid.uuid4().hex[:8]}",
         model_dir=worker_model_dir,
-        engine_method="ar",
+        heads_path=worker_heads_dir,
+        engine_method="s4c",
         chunk_size=4,
         max_batch_size=4,
         lease_seconds=30,
@@ -124,6 +128,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     )
     if settings.model_dir is not None:
         env["S4C_MODEL_DIR"] = str(settings.model_dir)
+    if settings.heads_path is not None:
+        env["S4C_HEADS"] = str(settings.heads_path)
     return env
 
 
