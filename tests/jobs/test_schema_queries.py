@@ -1,4 +1,4 @@
-"""The example queries of migrations/SCHEMA.md run on both backends and find what they should."""
+"""The example queries of migrations/queries.md run on both backends and find what they should."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from jobs.types import BaselineRun, ChunkOutcome, RequestOutcome
 from s4c_engine.config import RequestStats
 from tests.jobs import factories
 
-SCHEMA_DOC = Path(__file__).resolve().parents[2] / "migrations" / "SCHEMA.md"
+QUERIES_DOC = Path(__file__).resolve().parents[2] / "migrations" / "queries.md"
 
 
 def example_queries() -> list[str]:
-    return re.findall(r"```sql\n(.*?)```", SCHEMA_DOC.read_text(), flags=re.S)
+    return re.findall(r"```sql\n(.*?)```", QUERIES_DOC.read_text(), flags=re.S)
 
 
 def _run_job(session: Session, category: str) -> str:
@@ -37,7 +37,7 @@ def _run_job(session: Session, category: str) -> str:
     return job.id
 
 
-def test_schema_doc_has_the_three_example_queries() -> None:
+def test_the_doc_has_three_example_queries() -> None:
     assert len(example_queries()) == 3
 
 
