@@ -26,6 +26,12 @@ const Charts = (() => {
     return { top: Math.ceil(max / step - 1e-9) * step, step };
   }
 
+  // A label cut to the width of its slot (about 6 px per character at the label font size).
+  function fit(label, width) {
+    const room = Math.floor(width / 6.2);
+    return label.length <= room ? label : `${label.slice(0, Math.max(2, room - 1))}…`;
+  }
+
   function formatTick(value) {
     if (value === 0) return "0";
     if (Math.abs(value) >= 1000) return `${(value / 1000).toFixed(value % 1000 ? 1 : 0)}k`;
@@ -77,13 +83,21 @@ const Charts = (() => {
     const scale = options.max ? { top: options.max, step: options.max / 4 } : niceScale(top * 1.08);
     const svg = frame(kind, yLabel);
     yAxis(svg, scale, plotHeight, plotWidth);
+    if (reference) {
+      // Drawn before the bars (they cover it); its label sits in the legend row above the plot.
+      const y = MARGIN.top + plotHeight - (reference.value / scale.top) * plotHeight;
+      const right = MARGIN.left + plotWidth;
+      svg.append(el("line", { x1: MARGIN.left, x2: right, y1: y, y2: y, class: "reference" }));
+      svg.append(el("line", { x1: right - 150, x2: right - 128, y1: 10, y2: 10, class: "reference" }));
+      svg.append(el("text", { x: right, y: 14, class: "reference-label", "text-anchor": "end" }, reference.label));
+    }
     const slot = plotWidth / labels.length;
     const barWidth = Math.min(MAX_BAR, slot * 0.62);
     labels.forEach((label, i) => {
       const x = MARGIN.left + slot * i + (slot - barWidth) / 2;
       const value = values[i];
       const center = x + barWidth / 2;
-      svg.append(el("text", { x: center, y: HEIGHT - MARGIN.bottom + 16, class: "label", "text-anchor": "middle" }, label));
+      svg.append(el("text", { x: center, y: HEIGHT - MARGIN.bottom + 16, class: "label", "text-anchor": "middle" }, fit(label, slot)));
       if (value === null || !Number.isFinite(value)) {
         svg.append(el("text", { x: center, y: MARGIN.top + plotHeight - 6, class: "na", "text-anchor": "middle" }, "n/a"));
         return;
@@ -97,14 +111,6 @@ const Charts = (() => {
       svg.append(bar);
       svg.append(el("text", { x: center, y: y - 4, class: "value", "text-anchor": "middle" }, format(value)));
     });
-    if (reference) {
-      // The line crosses the bars; its label sits in the legend row above the plot.
-      const y = MARGIN.top + plotHeight - (reference.value / scale.top) * plotHeight;
-      const right = MARGIN.left + plotWidth;
-      svg.append(el("line", { x1: MARGIN.left, x2: right, y1: y, y2: y, class: "reference" }));
-      svg.append(el("line", { x1: right - 150, x2: right - 128, y1: 10, y2: 10, class: "reference" }));
-      svg.append(el("text", { x: right, y: 14, class: "reference-label", "text-anchor": "end" }, reference.label));
-    }
     svg.append(el("line", { x1: MARGIN.left, x2: MARGIN.left + plotWidth, y1: MARGIN.top + plotHeight, y2: MARGIN.top + plotHeight, class: "axis" }));
     return svg;
   }

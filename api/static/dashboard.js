@@ -6,12 +6,14 @@
 const KEY_STORAGE = "s4c.apiKey";
 const POLL_MS = 1500;
 const MAX_RESULTS = 5000;
+const JOBS_SHOWN = 100; // the newest jobs; older ones stay readable through the API
 const TERMINAL = new Set(["completed", "failed", "expired", "cancelled"]);
 const COLORS = { job: "#2f6fdf", sample: "#6f9be8", baseline: "#9aa3b5" };
 
 const state = {
   key: sessionStorage.getItem(KEY_STORAGE),
   jobs: [],
+  jobsSeen: null, // the last list drawn, as JSON: redraw only when it changes
   selectedId: null,
   tokens: new Map(), // job id -> {finished, samples}: completion tokens per finished request
   timer: null,
@@ -85,7 +87,7 @@ async function signIn(key) {
 function signOut() {
   sessionStorage.removeItem(KEY_STORAGE);
   clearTimeout(state.timer);
-  Object.assign(state, { key: null, jobs: [], selectedId: null, tokens: new Map() });
+  Object.assign(state, { key: null, jobs: [], jobsSeen: null, selectedId: null, tokens: new Map() });
   $("app").hidden = true;
   $("session").hidden = true;
   $("sign-in").hidden = false;
@@ -104,8 +106,11 @@ function showApp() {
 async function poll() {
   clearTimeout(state.timer);
   try {
-    const page = await api("/v1/jobs?limit=100");
-    const changed = JSON.stringify(page.data) !== JSON.stringify(state.jobs);
+    const page = await api(`/v1/jobs?limit=${JOBS_SHOWN}`);
+    $("jobs-more").hidden = !page.has_more;
+    const seen = JSON.stringify(page.data);
+    const changed = seen !== state.jobsSeen;
+    state.jobsSeen = seen;
     state.jobs = page.data;
     if (!state.selectedId && state.jobs.length) state.selectedId = state.jobs[0].id;
     if (changed) {
@@ -198,22 +203,25 @@ async function completionTokens(job) {
   return samples;
 }
 
-function card(name, value) {
-  return h("div", { class: "card" }, h("div", { class: "name" }, name), h("div", { class: "val" }, value));
+function card(name, value, note = "") {
+  return h("div", { class: "card" }, h("div", { class: "name" }, name), h("div", { class: "val" }, value),
+    h("div", { class: "note" }, note));
 }
 
 function renderCards(job) {
   const s = job.stats;
   const b = s.baseline;
   const greedy = b.measured ? `${b.greedy_matched} / ${b.greedy_checked}` : "–";
+  const c = job.request_counts;
   $("detail-cards").replaceChildren(
-    card("Requests", progressText(job)),
+    card("Requests", `${c.completed + c.failed} / ${c.total}`,
+      [c.failed && `${c.failed} failed`, c.cancelled && `${c.cancelled} cancelled`].filter(Boolean).join(", ")),
     card("Method", s.method || "–"),
     card("Tokens generated", s.tokens_generated ?? "–"),
     card("Tokens/s", fmt.num(s.tokens_per_second)),
     card("τ (tokens / forward)", fmt.num(s.tau, 2)),
     card("Measured speedup", fmt.speedup(b.speedup)),
-    card("Greedy outputs equal", greedy),
+    card("Greedy = plain", greedy, b.measured ? "token-identical outputs" : ""),
   );
 }
 
@@ -307,9 +315,10 @@ async function renderDetail() {
 // ---- submit ------------------------------------------------------------------------------
 
 function problemMessage(error) {
-  const items = (error.problem && error.problem.errors) || [];
-  const list = h("ul", {}, ...items.map((e) => h("li", {}, e.line ? `line ${e.line}: ${e.message}` : e.message)));
-  return [h("span", {}, `Rejected (${error.status}): ${error.message}`), list];
+  // The detail names the first problem; list the others, each with its line where known.
+  const items = ((error.problem && error.problem.errors) || []).filter((e) => !error.message.endsWith(e.message));
+  const text = (e) => (e.line && !e.message.startsWith("line ") ? `line ${e.line}: ${e.message}` : e.message);
+  return [h("span", {}, `Rejected (${error.status}): ${error.message}`), h("ul", {}, ...items.map((e) => h("li", {}, text(e))))];
 }
 
 async function submitJob(event) {

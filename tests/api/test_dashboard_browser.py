@@ -198,19 +198,30 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
 
         wait.until(clicked)
 
-    def submit(path: Path, metadata: dict[str, str], baseline_sample: str = "") -> str:
+    def send(path: Path, metadata: dict[str, str], baseline_sample: str) -> str:
+        """Fill the form, press Submit, return the new message once it replaced the old."""
         browser.find_element(By.ID, "submit-file").send_keys(str(path))
-        browser.find_element(By.ID, "submit-metadata").send_keys(json.dumps(metadata))
-        browser.find_element(By.ID, "submit-baseline").send_keys(baseline_sample)
+        for field_id, text in (
+            ("submit-metadata", json.dumps(metadata)),
+            ("submit-baseline", baseline_sample),
+        ):
+            field = browser.find_element(By.ID, field_id)
+            field.clear()
+            field.send_keys(text)
         before = browser.find_element(By.ID, "submit-message").text
         browser.find_element(By.ID, "submit-button").click()
         wait.until(
             lambda _d: (
                 (text := _d.find_element(By.ID, "submit-message").text) != before
-                and text.startswith("Submitted")
+                and not text.startswith("Uploading")
             )
         )
-        return str(browser.find_element(By.ID, "submit-message").text.split()[1])
+        return str(browser.find_element(By.ID, "submit-message").text)
+
+    def submit(path: Path, metadata: dict[str, str], baseline_sample: str = "") -> str:
+        message = send(path, metadata, baseline_sample)
+        assert message.startswith("Submitted"), message
+        return message.split()[1]
 
     # sign in: a wrong key is refused, the real one opens the page
     browser.get(url + "/")
@@ -225,9 +236,16 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
     wait.until(ready.visibility_of_element_located((By.ID, "submit-form")))
     assert browser.execute_script("return sessionStorage.getItem('s4c.apiKey')") == key
 
+    # a broken file is refused with the API's problem details, line by line
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(jsonl_file(tmp_path / "ok.jsonl", "x", [4]).read_text() + "{not json\n")
+    refused = send(broken, {"category": "broken"}, "")
+    assert refused.startswith("Rejected (400)") and "line 2" in refused, refused
+    shoot(browser, "02-rejected-file")
+
     # submit two files with different categories; watch them progress and complete
     qa = submit(jsonl_file(tmp_path / "qa.jsonl", "qa", [4, 6, 8, 10, 12, 14]), {"category": "qa"})
-    shoot(browser, "02-submitted")
+    shoot(browser, "03-submitted")
     chat = submit(jsonl_file(tmp_path / "chat.jsonl", "chat", [3, 5, 16, 20]), {"category": "chat"})
     seen_progress: set[str] = set()
 
@@ -237,7 +255,7 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
             done, total = (int(n) for n in count.split(" / "))
             if 0 < done < total and not any("partial" in s for s in seen_progress):
                 seen_progress.add("partial")
-                shoot(browser, "03-in-progress")
+                shoot(browser, "04-in-progress")
             seen_progress.add(count)
         return status_of(qa) == "completed" and status_of(chat) == "completed"
 
@@ -267,7 +285,7 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
     assert groups["qa (1)"] == pytest.approx(stats["baseline"]["speedup"])
     caption = browser.find_element(By.ID, "throughput-caption").text
     assert "measured speedup" in caption
-    shoot(browser, "04-completed-with-plots")
+    shoot(browser, "05-completed-with-plots")
 
     # cancel a big job (no baseline re-runs) from the page once its first chunk is in
     lines = jsonl_file(tmp_path / "big.jsonl", "big", [24] * 48)
@@ -284,7 +302,7 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
         f"{url}/v1/jobs/{big}", headers={"Authorization": f"Bearer {key}"}, timeout=10
     ).json()["request_counts"]
     assert counts["completed"] >= 4 and counts["cancelled"] > 0
-    shoot(browser, "05-cancelled")
+    shoot(browser, "06-cancelled")
 
     # the worker's Prometheus endpoint counted the chunks it generated
     metrics_url = f"http://127.0.0.1:{service.worker_metrics_port}/metrics"
