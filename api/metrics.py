@@ -144,7 +144,8 @@ class ApiMetrics:
             registry=values,
         )
         if multiprocess_dir is not None:
-            MultiProcessCollector(registry, path=str(multiprocess_dir))
+            files = str(multiprocess_dir)
+            MultiProcessCollector(registry, path=files)  # type: ignore[no-untyped-call]
         registry.register(ServiceStateCollector(sessions, redis_client, queue))
         return cls(registry, requests, latency)
 
