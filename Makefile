@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-install
 
-.PHONY: setup run serve test lint migrations-check ci gpu-check bench clean
+.PHONY: setup run serve test browser lint migrations-check ci gpu-check bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -31,8 +31,17 @@ serve: setup
 
 ## test: the whole suite (what .ci/run calls); PYTEST_ARGS adds options, e.g. "-m 'not slow'"
 PYTEST_ARGS ?= -q
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## browser: Debian's chromium and chromedriver for the dashboard test (installed once)
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	else \
+	  sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 ## lint: ruff (lint and format), mypy, import-linter contracts
 # every tool runs even when an earlier one fails, so one run shows every problem

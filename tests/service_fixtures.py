@@ -69,6 +69,25 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
     drop_database(pg_server_url, name)
 
 
+@pytest.fixture(scope="session")
+def pg_database_factory(pg_server_url: str) -> Iterator[Callable[[], str]]:
+    """Make more fresh PostgreSQL databases (dropped at the end of the session).
+
+    `pg_url` is shared by every test of the session; a test module whose assertions need
+    tables nobody else writes to (row counts, "the only queued chunk") takes its own here.
+    """
+    names: list[str] = []
+
+    def create() -> str:
+        name = f"s4c_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        names.append(name)
+        return create_database(pg_server_url, name)
+
+    yield create
+    for name in names:
+        drop_database(pg_server_url, name)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A SQLite database in a fresh temporary file (the file does not exist yet)."""

@@ -65,3 +65,19 @@ def test_killed_postgres_recovers_committed_rows(
     cluster.restart()
     with psycopg.connect(libpq) as conn:
         assert conn.execute("SELECT x FROM t").fetchone() == (7,)
+
+
+def test_pg_database_factory_gives_databases_of_their_own(
+    pg_url: str, pg_database_factory: Callable[[], str]
+) -> None:
+    first, second = pg_database_factory(), pg_database_factory()
+    assert len({pg_url, first, second}) == 3
+    engine = sa.create_engine(first)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE only_here (x int)"))
+    engine.dispose()
+    other = sa.create_engine(second)
+    with other.connect() as conn:
+        found = conn.execute(sa.text("SELECT to_regclass('only_here')")).scalar_one()
+    other.dispose()
+    assert found is None
