@@ -315,8 +315,17 @@ def expired_chunks(
     return list(session.scalars(query.order_by(Chunk.id).limit(limit)))
 
 
-def unclaimed_chunks(session: Session, *, model: str | None = None, limit: int = 1000) -> list[int]:
-    """Queued chunks of runnable jobs, oldest first (to re-enqueue if their message was lost)."""
+def unclaimed_chunks(
+    session: Session,
+    *,
+    model: str | None = None,
+    created_before: datetime | None = None,
+    limit: int = 1000,
+) -> list[int]:
+    """Queued chunks of runnable jobs, oldest first (to re-enqueue if their message was lost).
+
+    `created_before` skips jobs so new that their creator may not have enqueued them yet.
+    """
     query = (
         select(Chunk.id)
         .join(Job, Job.id == Chunk.job_id)
@@ -324,6 +333,8 @@ def unclaimed_chunks(session: Session, *, model: str | None = None, limit: int =
     )
     if model is not None:
         query = query.where(Job.model == model)
+    if created_before is not None:
+        query = query.where(Job.created_at < created_before)
     return list(session.scalars(query.order_by(Chunk.id).limit(limit)))
 
 

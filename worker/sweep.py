@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +24,7 @@ from jobs import store
 from jobs.chunks import cancelling_jobs
 from jobs.db import transaction
 from jobs.messaging import enqueue_chunks, queue_depth, queue_for_model
+from jobs.models import utcnow
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,12 @@ def sweep_once(
         ]
     to_send = list(expired)
     if queue_depth(celery, queue) == 0:
+        # A job committed a moment ago may not be enqueued yet by its creator: give it time.
+        grace = timedelta(seconds=max(5, 2 * settings.sweep_interval_seconds))
         with transaction(sessions) as session:
-            waiting = store.unclaimed_chunks(session, model=model)
+            waiting = store.unclaimed_chunks(
+                session, model=model, created_before=(now or utcnow()) - grace
+            )
         to_send += [chunk_id for chunk_id in waiting if chunk_id not in set(expired)]
     finished = 0
     with transaction(sessions) as session:

@@ -211,10 +211,12 @@ def test_sweep_requeues_expired_leases_and_lost_messages(
     celery = messaging.make_celery(worker_settings)
     queue = messaging.queue_for_model(worker_settings.model_name)
     job_id, chunk_ids = submit(sessions, worker_settings, 8)  # two chunks, never enqueued
+    # a job created a moment ago may still be on its way to the queue: left alone
+    assert sweep_once(sessions, celery, worker_settings).requeued == 0
     with transaction(sessions) as session:
         claim = store.claim_chunk(session, chunk_ids[0], "dead", lease_seconds=1)
         assert claim is not None
-    later = utcnow() + timedelta(seconds=5)
+    later = utcnow() + timedelta(seconds=10)
     report = sweep_once(sessions, celery, worker_settings, now=later)
     assert (report.expired, report.requeued) == (1, 2)
     assert messaging.queue_depth(celery, queue) == 2
