@@ -31,11 +31,11 @@ from s4c_engine.config import FinishReason, RequestStats, SamplingParams
 from s4c_engine.drafting import TreeShape, propose
 from s4c_engine.heads import DraftHeads
 from s4c_engine.kv_cache import RowKVCache
-from s4c_engine.sampling import choose_tokens, make_generator
+from s4c_engine.sampling import PositionUniforms, choose_tokens
 from s4c_engine.stopping import Decode, StopRule, extend_until_stop
 from s4c_engine.target import Target
-from s4c_engine.tree import StaticTree, compile_tree
-from s4c_engine.tree_policy import PLAIN, PLAIN_POLICY, SpeculationGate, TreePolicy
+from s4c_engine.tree import StaticTree, TreeBuffers, compile_tree
+from s4c_engine.tree_policy import PLAIN, PLAIN_POLICY, TreePolicy, TreeTuner
 from s4c_engine.verification import Acceptance, accept, verify
 
 
@@ -58,7 +58,7 @@ class _Row:
     """Mutable bookkeeping of one request while it is in the batch."""
 
     request: DecodeRequest
-    generator: torch.Generator | None
+    uniforms: PositionUniforms | None  # None for greedy requests
     tokens: list[int] = field(default_factory=list)
     finish: FinishReason | None = None
     forwards: int = 0
@@ -109,15 +109,15 @@ def decode_batch(
     At most max_batch_size rows (default: all) decode together; when rows finish, waiting
     requests (taken in the given order) are prefilled and join the running batch. With
     heads=None or the plain policy this is plain autoregressive decoding; `adaptive` lets a
-    SpeculationGate fall back to plain steps while the drafts are not paying off. Greedy
+    TreeTuner pick smaller trees or plain steps where they give more tokens/s. Greedy
     output is identical either way; sampled output has the same distribution.
     """
-    rows = [_Row(r, make_generator(r.params, target.device)) for r in requests]
+    rows = [_Row(r, PositionUniforms.for_params(r.params)) for r in requests]
     limit = max_batch_size or len(rows)
     static = _compile_static(policy, target.device)
     waiting = deque(range(len(rows)))
     batch = _Batch()
-    gate = SpeculationGate() if adaptive else SpeculationGate(tau=float("inf"))
+    tuner = TreeTuner(policy)
     with torch.inference_mode():
         while batch.live or waiting:
             if should_stop is not None and should_stop():
@@ -131,10 +131,13 @@ def decode_batch(
                 _admit(target, batch, rows, admitted, policy, decode)
                 _drop_finished(rows, batch)
                 continue
-            shape = PLAIN if heads is None else gate.choose(policy.shape_for(len(batch.live)))
+            size = len(batch.live)
+            if heads is None:
+                shape = PLAIN
+            else:
+                shape = tuner.choose(size) if adaptive else policy.shape_for(size)
+            started = time.perf_counter()
             acceptance = _step(target, batch, heads, shape, static, rows)
-            if not shape.is_plain:
-                gate.record(1 + sum(acceptance.accepted) / len(acceptance.accepted), shape)
             for j, i in enumerate(batch.live):
                 row = rows[i]
                 row.record_walk(acceptance.has_children[j], acceptance.accepted[j])
@@ -142,6 +145,8 @@ def decode_batch(
                     row.tokens, acceptance.emitted[j], row.request.stop_rule, decode
                 )
             batch.roots = torch.tensor([e[-1] for e in acceptance.emitted], device=target.device)
+            tokens_per_row = 1 + sum(acceptance.accepted) / size
+            tuner.record(size, shape, tokens_per_row, time.perf_counter() - started)
             _drop_finished(rows, batch)
     return [_output(row) for row in rows]
 
@@ -203,7 +208,8 @@ def _prefill(
     cache.advance(lengths.tolist())
     firsts = []
     for b, row in enumerate(rows):
-        token = int(choose_tokens(out.logits[b], row.request.params, row.generator)[0])
+        u = row.uniforms.take(0, 1) if row.uniforms is not None else None
+        token = int(choose_tokens(out.logits[b], row.request.params, u)[0])
         row.started = started
         row.forwards = 1
         row.finish = extend_until_stop(row.tokens, [token], row.request.stop_rule, decode)
@@ -227,7 +233,7 @@ def _step(
     out = verify(target, batch.cache, tree)
     live_rows = [rows[i] for i in batch.live]
     acceptance = accept(
-        tree, out.logits, [r.request.params for r in live_rows], [r.generator for r in live_rows]
+        tree, out.logits, [r.request.params for r in live_rows], _node_uniforms(live_rows, tree)
     )
     batch.cache.commit_path(acceptance.path_nodes, [a + 1 for a in acceptance.accepted])
     t2 = time.perf_counter()
@@ -240,6 +246,21 @@ def _step(
     last = acceptance.last_node[:, None, None].expand(-1, 1, out.hidden.shape[-1])
     batch.hidden = torch.gather(out.hidden, 1, last)[:, 0]
     return acceptance
+
+
+def _node_uniforms(rows: list[_Row], tree: TreeBuffers) -> list[torch.Tensor | None]:
+    """Per row (N,): the uniform of the position each node predicts (None when greedy)."""
+    if all(r.uniforms is None for r in rows):
+        return [None] * len(rows)
+    span = int(tree.depths.max()) + 1
+    out: list[torch.Tensor | None] = []
+    for b, row in enumerate(rows):
+        if row.uniforms is None:
+            out.append(None)
+            continue
+        block = row.uniforms.take(len(row.tokens), span).to(tree.depths.device)
+        out.append(block[tree.depths[b]])  # node at depth d predicts token len(tokens) + d
+    return out
 
 
 def _drop_finished(rows: list[_Row], batch: _Batch) -> None:

@@ -19,18 +19,12 @@ from s4c_engine.tree import StaticTree, TreeBuffers, TreeSpec, compile_tree, sel
 
 @dataclass(frozen=True)
 class TreeShape:
-    """How big a tree to draft. nodes counts the root; static trees come from `spec`.
-
-    step_cost: measured time of a draft + verify step with this tree relative to a plain
-    decoding step at the batch size it is used for; speculation pays only while the mean
-    tokens per step (tau) exceeds it.
-    """
+    """How big a tree to draft. nodes counts the root; static trees come from `spec`."""
 
     nodes: int
     depth: int = 4
     top_k: int = 4
     spec: TreeSpec | None = None
-    step_cost: float = 1.0
 
     def __post_init__(self) -> None:
         if self.nodes < 1:

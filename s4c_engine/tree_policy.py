@@ -6,12 +6,13 @@ default model on the 2-core dev machine (idle, KV 300, batch 1) cost 41/60/72/10
 1/8/16/32/64 tokens, and B rows x N nodes cost about what B*N tokens of one row cost; so the
 CPU table keeps B*N near 16 (a verify step at most ~1.8x a plain step) and decodes plainly
 above batch 8. Re-measure with `python -m s4c_engine.calibration`. GPUs verify far wider trees
-for free, hence the larger GPU table.
+for free, hence the larger GPU table. The table is an upper bound: `TreeTuner` measures
+tokens/s of the candidates during decoding and runs the best (down to plain decoding).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from s4c_engine.drafting import TreeShape
 
@@ -37,19 +38,19 @@ class TreePolicy:
 
 CPU_POLICY = TreePolicy(
     (
-        (1, TreeShape(nodes=16, depth=4, top_k=4, step_cost=1.9)),
-        (2, TreeShape(nodes=10, depth=4, top_k=3, step_cost=1.9)),
-        (4, TreeShape(nodes=6, depth=3, top_k=2, step_cost=1.8)),
-        (8, TreeShape(nodes=4, depth=3, top_k=1, step_cost=1.8)),
+        (1, TreeShape(nodes=16, depth=4, top_k=4)),
+        (2, TreeShape(nodes=10, depth=4, top_k=3)),
+        (4, TreeShape(nodes=6, depth=3, top_k=2)),
+        (8, TreeShape(nodes=4, depth=3, top_k=1)),
     )
 )
 
 GPU_POLICY = TreePolicy(
     (
-        (1, TreeShape(nodes=48, depth=5, top_k=8, step_cost=1.3)),
-        (4, TreeShape(nodes=32, depth=5, top_k=6, step_cost=1.3)),
-        (16, TreeShape(nodes=16, depth=4, top_k=4, step_cost=1.3)),
-        (32, TreeShape(nodes=8, depth=3, top_k=3, step_cost=1.3)),
+        (1, TreeShape(nodes=48, depth=5, top_k=8)),
+        (4, TreeShape(nodes=32, depth=5, top_k=6)),
+        (16, TreeShape(nodes=16, depth=4, top_k=4)),
+        (32, TreeShape(nodes=8, depth=3, top_k=3)),
     )
 )
 
@@ -57,27 +58,59 @@ PLAIN_POLICY = TreePolicy(())
 
 
 @dataclass
-class SpeculationGate:
-    """Falls back to plain steps while speculation does not pay (weak heads, hard text).
+class _Arm:
+    tokens: float  # EMA of tokens per row per step
+    seconds: float  # EMA of seconds per step
+    last_used: int
 
-    Tracks an exponential moving average of tokens per speculative step; when it drops below
-    the tree's step_cost, the next `backoff` steps decode plainly, then one speculative step
-    probes again. Greedy output is unaffected (every step is exact), and so is the sampling
-    distribution (every step is lossless). Mutable per decode call; passed in, never global.
+
+@dataclass
+class TreeTuner:
+    """Picks, per live batch size, the candidate tree with the best measured tokens/second.
+
+    Candidates for batch size B are the policy's shape for B, the smaller shapes the policy
+    uses for larger batches, and plain decoding; each is tried once, then the best one runs and
+    every `probe_every` steps the least recently used one is re-measured. So speculation that
+    does not pay (weak heads, hard text, a busy CPU) falls back to smaller trees or to plain
+    decoding. Outputs are unaffected: every step is exact (greedy) or lossless (sampling).
+    Mutable state of one decode call, passed in, never global.
     """
 
-    tau: float = 3.0  # optimistic start: speculate first, learn from what is accepted
-    backoff: int = 16
-    plain_left: int = 0
+    policy: TreePolicy
+    probe_every: int = 16
+    alpha: float = 0.3
+    step: int = 0
+    arms: dict[tuple[int, TreeShape], _Arm] = field(default_factory=dict)
 
-    def choose(self, shape: TreeShape) -> TreeShape:
-        if shape.is_plain or self.plain_left == 0:
-            return shape
-        self.plain_left -= 1
-        return PLAIN
+    def candidates(self, batch_size: int) -> list[TreeShape]:
+        """Largest first: the policy's shape for this batch size, smaller ones, then plain."""
+        shapes = [s for b, s in self.policy.table if b >= batch_size]
+        unique = sorted(set(shapes), key=lambda s: -s.nodes)
+        return [*unique, PLAIN]
 
-    def record(self, tokens_per_step: float, shape: TreeShape) -> None:
-        self.tau = 0.7 * self.tau + 0.3 * tokens_per_step
-        if self.tau < shape.step_cost:
-            self.plain_left = self.backoff
-            self.tau = shape.step_cost  # one good probe is enough to resume
+    def choose(self, batch_size: int) -> TreeShape:
+        self.step += 1
+        options = self.candidates(batch_size)
+        if len(options) == 1:
+            return options[0]
+        untried = [s for s in options if (batch_size, s) not in self.arms]
+        if untried:
+            return untried[0]
+        if self.step % self.probe_every == 0:
+            return min(options, key=lambda s: self.arms[batch_size, s].last_used)
+        return max(options, key=lambda s: self._rate(batch_size, s))
+
+    def record(
+        self, batch_size: int, shape: TreeShape, tokens_per_row: float, seconds: float
+    ) -> None:
+        arm = self.arms.get((batch_size, shape))
+        if arm is None:
+            self.arms[batch_size, shape] = _Arm(tokens_per_row, seconds, self.step)
+            return
+        arm.tokens += self.alpha * (tokens_per_row - arm.tokens)
+        arm.seconds += self.alpha * (seconds - arm.seconds)
+        arm.last_used = self.step
+
+    def _rate(self, batch_size: int, shape: TreeShape) -> float:
+        arm = self.arms[batch_size, shape]
+        return arm.tokens / max(arm.seconds, 1e-9)

@@ -6,7 +6,9 @@ every node. accept picks, per row, the path to keep:
 - greedy: at node v the target's choice is argmax p_v; follow the child holding it;
 - sampling (lossless, "sample-and-match"): draw ONE y_v ~ p_v per node, follow the child whose
   token equals y_v. Every emitted token is then an exact draw from the target conditional;
-  siblings are distinct tokens so at most one child matches, and each node is sampled once;
+  siblings are distinct tokens so at most one child matches. Nodes of equal depth share the
+  uniform of their position (sampling.py); the walk visits one node per depth, so each emitted
+  token still uses its own independent uniform;
 - typical (lossy, opt-in): accept child c of v iff p_v(c) > min(eps, delta * exp(-H(p_v))).
 The walk ends at node v*; the bonus token is the target's choice at v* (argmax or y_{v*}).
 """
@@ -20,7 +22,7 @@ import torch
 from s4c_engine.attention import build_step_mask
 from s4c_engine.config import SamplingParams
 from s4c_engine.kv_cache import RowKVCache
-from s4c_engine.sampling import processed_probs
+from s4c_engine.sampling import processed_probs, sample_at
 from s4c_engine.target import Target, TargetOutput
 from s4c_engine.tree import TreeBuffers
 
@@ -53,15 +55,15 @@ def verify(target: Target, cache: RowKVCache, tree: TreeBuffers) -> TargetOutput
 
 
 def target_choices(
-    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+    logits: torch.Tensor, params: list[SamplingParams], uniforms: list[torch.Tensor | None]
 ) -> torch.Tensor:
-    """The target's token at every node: argmax for greedy rows, one seeded draw per node for
-    sampled rows. logits: (B, N, V) -> (B, N) long."""
+    """The target's token at every node: argmax for greedy rows; for sampled rows one draw
+    per node, at the uniform of the position the node predicts. logits: (B, N, V);
+    uniforms[b]: (N,) or None (greedy). Returns (B, N) long."""
     choices = logits.argmax(-1)
-    for b, (p, g) in enumerate(zip(params, generators)):
-        if not p.is_greedy:
-            probs = processed_probs(logits[b], p)  # (N, V)
-            choices[b] = torch.multinomial(probs, 1, generator=g)[:, 0]
+    for b, (p, u) in enumerate(zip(params, uniforms)):
+        if not p.is_greedy and u is not None:
+            choices[b] = sample_at(processed_probs(logits[b], p), u)
     return choices
 
 
@@ -83,11 +85,11 @@ def accept(
     tree: TreeBuffers,
     logits: torch.Tensor,
     params: list[SamplingParams],
-    generators: list[torch.Generator | None],
+    uniforms: list[torch.Tensor | None],
 ) -> Acceptance:
     """The acceptance walk for every row (see the module docstring). logits: (B, N, V)."""
     b, n = tree.tokens.shape
-    choices = target_choices(logits, params, generators)  # (B, N)
+    choices = target_choices(logits, params, uniforms)  # (B, N)
     parent_choice = torch.gather(choices, 1, tree.parents)
     matches = tree.tokens == parent_choice  # (B, N): node v holds its parent's choice
     path_logp = torch.zeros(b, n, device=logits.device)

@@ -72,7 +72,7 @@ def test_speculative_greedy_equals_plain_greedy(
     target = Target(model)
     heads = random_heads(model, kind).to(device)
     plain = _ids(decode_batch(target, _requests(PROMPTS)))
-    batch = decode_batch(target, _requests(PROMPTS), heads=heads, policy=policy)
+    batch = decode_batch(target, _requests(PROMPTS), heads=heads, policy=policy, adaptive=False)
     assert _ids(batch) == plain
     alone = [decode_batch(target, _requests([p]), heads=heads, policy=policy)[0] for p in PROMPTS]
     assert [list(o.token_ids) for o in alone] == plain
@@ -145,6 +145,24 @@ def test_seeded_sampling_repeats_and_seeds_differ() -> None:
 
     assert run(1) == run(1)
     assert run(1) != run(2)
+
+
+@pytest.mark.parametrize("kind", ["s4c", "medusa"])
+def test_seeded_sampling_gives_the_same_tokens_with_or_without_speculation(kind: str) -> None:
+    """Draws are tied to token positions, so the tree (or none) does not change the sample."""
+    model = tiny_model("qwen2")
+    target = Target(model)
+    params = SamplingParams(max_tokens=20, temperature=0.9, top_k=20, seed=11)
+    plain = _ids(decode_batch(target, _requests(PROMPTS, 20, params=params)))
+    spec = decode_batch(
+        target,
+        _requests(PROMPTS, 20, params=params),
+        heads=random_heads(model, kind),
+        policy=DYNAMIC,
+        adaptive=False,
+    )
+    assert _ids(spec) == plain
+    assert max(o.stats.tau for o in spec) > 1.1  # drafts were accepted
 
 
 def test_should_stop_cancels_unfinished_rows() -> None:

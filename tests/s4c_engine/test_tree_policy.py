@@ -1,4 +1,4 @@
-"""Tree size follows the batch size; the speculation gate backs off when drafts do not pay."""
+"""Tree size follows the batch size; the tuner backs off to what measures fastest."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from s4c_engine.decoding import DecodeRequest, decode_batch
 from s4c_engine.drafting import TreeShape
 from s4c_engine.stopping import StopRule
 from s4c_engine.target import Target
-from s4c_engine.tree_policy import CPU_POLICY, PLAIN, SpeculationGate, TreePolicy
+from s4c_engine.tree_policy import CPU_POLICY, PLAIN, TreePolicy, TreeTuner
 from tests.model_fixtures import random_heads, tiny_model
 
 
@@ -17,21 +17,29 @@ def test_tree_shrinks_with_batch_size_down_to_plain_decoding() -> None:
     assert sizes[0] > 1 and CPU_POLICY.shape_for(64) == PLAIN
 
 
-def test_gate_falls_back_when_tau_is_below_step_cost_and_probes_again() -> None:
-    shape = TreeShape(nodes=8, step_cost=2.0)
-    gate = SpeculationGate(tau=2.0, backoff=3)
-    assert gate.choose(shape) == shape
-    gate.record(1.0, shape)  # 0.7*2 + 0.3*1 = 1.7 < 2.0: back off
-    assert [gate.choose(shape).is_plain for _ in range(4)] == [True, True, True, False]
-    gate.record(3.0, shape)  # a good probe resumes speculation
-    assert gate.choose(shape) == shape
+def test_tuner_tries_each_candidate_then_runs_the_fastest_and_probes() -> None:
+    big, small = TreeShape(nodes=8), TreeShape(nodes=4)
+    tuner = TreeTuner(TreePolicy(((1, big), (4, small))), probe_every=5)
+    assert tuner.candidates(1) == [big, small, PLAIN]
+    assert tuner.candidates(3) == [small, PLAIN]
+    assert tuner.candidates(5) == [PLAIN]
+    rates = {big: (2.0, 1.0), small: (1.8, 0.6), PLAIN: (1.0, 0.5)}  # tokens, seconds
+    chosen = []
+    for _ in range(9):
+        shape = tuner.choose(1)
+        chosen.append(shape)
+        tuner.record(1, shape, *rates[shape])
+    # one try each, then the best tokens/s (small: 3.0/s), with a probe at step 5
+    assert chosen[:3] == [big, small, PLAIN]
+    assert chosen[3] == small and chosen[5:] == [small] * 4
+    assert chosen[4] == big  # least recently used arm re-measured
 
 
 def test_costly_trees_with_useless_heads_mostly_decode_plainly_and_stay_exact() -> None:
     model = tiny_model("qwen2")
     target = Target(model)
     heads = random_heads(model, scale=1.0)  # drafts that are nearly always wrong
-    expensive = TreePolicy(((8, TreeShape(nodes=8, depth=3, top_k=2, step_cost=5.0)),))
+    expensive = TreePolicy(((8, TreeShape(nodes=8, depth=3, top_k=2)),))
     request = DecodeRequest((1, 2, 3), SamplingParams(max_tokens=60), StopRule(frozenset(), 60))
     plain = decode_batch(target, [request])[0]
     gated = decode_batch(target, [request], heads=heads, policy=expensive)[0]
