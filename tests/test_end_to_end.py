@@ -114,9 +114,13 @@ def test_a_job_runs_through_the_whole_service_on_the_real_model(
     assert stats["method"] in ("s4c", "medusa", "ar")
     assert stats["tau"] >= 1.0
     baseline = stats["baseline"]
-    assert baseline["measured"] is True
-    assert baseline["speedup"] > 0
-    assert baseline["greedy_checked"] == baseline["greedy_matched"] > 0
+    if stats["method"] == "ar":
+        # no draft heads: plain decoding has nothing to be compared with
+        assert baseline["measured"] is False
+    else:
+        assert baseline["measured"] is True
+        assert baseline["speedup"] > 0
+        assert baseline["greedy_checked"] == baseline["greedy_matched"] > 0
 
     # the OpenAI-batch-shaped download carries the same texts
     out = tmp_path / "results.jsonl"
