@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import sqlalchemy.exc
 
 from jobs.migrate import DatabaseNotMigrated
 from jobs.settings import Settings
@@ -39,14 +40,14 @@ class S4CGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except S4CError as exc:
-            raise CliError(str(exc)) from exc
-        except EmbeddedServerError as exc:
+        except (S4CError, EmbeddedServerError, DatabaseNotMigrated, LaunchError) as exc:
             raise CliError(str(exc)) from exc
         except FileNotFoundError as exc:
             raise CliError(f"no such file: {exc.filename}") from exc
-        except (DatabaseNotMigrated, LaunchError) as exc:
-            raise CliError(str(exc)) from exc
+        except sqlalchemy.exc.ArgumentError as exc:
+            raise CliError(f"bad S4C_DATABASE_URL: {exc}") from exc
+        except sqlalchemy.exc.OperationalError as exc:
+            raise CliError(f"cannot reach the database: {exc.orig or exc}") from exc
 
 
 def load_settings() -> Settings:
@@ -67,8 +68,8 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def make_client(settings: Settings, *, need_key: bool = True) -> Client:
-    if need_key and not settings.api_key:
+def make_client(settings: Settings) -> Client:
+    if not settings.api_key:
         raise CliError("no API key: set S4C_API_KEY (create one with `s4c keys create`)")
     return Client(settings.api_url, settings.api_key, max_retries=3)
 

@@ -178,3 +178,17 @@ def test_worker_with_an_unknown_device_is_a_clear_error() -> None:
     assert result.exit_code == 1
     assert "unknown device 'tpu'" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("nonsense", "bad S4C_DATABASE_URL"),
+        (f"postgresql+psycopg://postgres@127.0.0.1:{find_free_port()}/x", "cannot reach"),
+    ],
+)
+def test_an_unusable_database_is_a_clear_error(url: str, expected: str) -> None:
+    result = run(["keys", "create", "--tenant", "t"], {"S4C_DATABASE_URL": url})
+    assert result.exit_code == 1
+    assert expected in result.output
+    assert "Traceback" not in result.output
