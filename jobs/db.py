@@ -81,7 +81,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions for ordinary work (one per HTTP request or task); never autoflush surprises."""
+    """Sessions for ordinary work (one per HTTP request or task step). Objects stay readable
+    after commit (`expire_on_commit=False`), so values can be used once the session closes."""
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
