@@ -84,6 +84,9 @@ __all__ = [
 ]
 
 
+_INSERT_PAGE = 2000
+
+
 class UnknownCursor(LookupError):
     """`after` names no job of this tenant."""
 
@@ -164,19 +167,20 @@ def create_job(
         if winner is None:
             raise RuntimeError(f"idempotency key {new_job.idempotency_key!r} race; retry")
         return winner
-    session.execute(
-        insert(JobRequest),
-        [
-            {
-                "job_id": job.id,
-                "input_index": r.index,
-                "custom_id": r.custom_id,
-                "prompt": asdict(r.prompt),
-                "params": asdict(r.params),
-            }
-            for r in new_job.requests
-        ],
-    )
+    for start in range(0, total, _INSERT_PAGE):  # pages keep the row dicts' memory bounded
+        session.execute(
+            insert(JobRequest),
+            [
+                {
+                    "job_id": job.id,
+                    "input_index": r.index,
+                    "custom_id": r.custom_id,
+                    "prompt": asdict(r.prompt),
+                    "params": asdict(r.params),
+                }
+                for r in new_job.requests[start : start + _INSERT_PAGE]
+            ],
+        )
     with_baseline = baseline_chunk_seqs(total, chunk_size, fraction, cfg.baseline_min_count)
     session.execute(
         insert(Chunk),
