@@ -1,20 +1,17 @@
-"""The job store, worker side: leasing chunks, recording their results, finishing jobs.
+"""The job store, worker side: leasing chunks (claim, heartbeat, release, find expired).
 
 The database is the source of truth; the broker only hints which chunk to look at. A chunk is
-claimed with a compare-and-set lease, every write of its results is fenced by the lease owner
-(so a frozen worker's late writes are dropped), and results are inserted with ON CONFLICT DO
-NOTHING on (job_id, custom_id): at-least-once execution, exactly-once results.
-Plain functions taking a Session; they never commit.
+claimed with a compare-and-set lease; recording its results (`jobs.recording`) is fenced by
+the lease owner, so a frozen worker's late writes are dropped. Plain functions taking a
+Session; they never commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Insert, and_, func, literal, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from jobs.models import (
@@ -24,17 +21,16 @@ from jobs.models import (
     JobRequest,
     JobStatus,
     Result,
-    ResultStatus,
     utcnow,
 )
-from jobs.stats import fold_outcomes, request_stats_json
-from jobs.types import ChunkOutcome, Claim, RequestOutcome
+from jobs.types import Claim
 
 RUNNABLE_STATUSES = (JobStatus.VALIDATING, JobStatus.IN_PROGRESS)
 _PAGE = 1000
 
 
-def _rowcount(result: Any) -> int:
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE matched (typed access to the DBAPI count)."""
     return int(result.rowcount)
 
 
@@ -123,7 +119,7 @@ def heartbeat(
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
-    return _rowcount(done) == 1
+    return rowcount(done) == 1
 
 
 def is_job_runnable(session: Session, job_id: str) -> bool:
@@ -157,118 +153,6 @@ def pending_requests(session: Session, claim: Claim) -> list[JobRequest]:
     return [r for r in requests if r.input_index not in done]
 
 
-def _insert_ignoring_duplicates(session: Session) -> Insert:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(Result).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        return sqlite.insert(Result).on_conflict_do_nothing()
-    raise NotImplementedError(f"no ON CONFLICT support for {dialect}")
-
-
-def _result_row(job_id: str, outcome: RequestOutcome, now: datetime) -> dict[str, Any]:
-    error = None
-    if outcome.error_code is not None:
-        error = {"code": outcome.error_code, "message": outcome.error_message or ""}
-    stats = outcome.stats
-    return {
-        "job_id": job_id,
-        "custom_id": outcome.custom_id,
-        "input_index": outcome.index,
-        "status": outcome.status,
-        "text": outcome.text,
-        "finish_reason": outcome.finish_reason,
-        "prompt_tokens": None if stats is None else stats.prompt_tokens,
-        "completion_tokens": None if stats is None else stats.completion_tokens,
-        "stats": None if stats is None else request_stats_json(stats),
-        "error": error,
-        "created_at": now,
-    }
-
-
-def insert_results(
-    session: Session, job_id: str, outcomes: Sequence[RequestOutcome], now: datetime
-) -> list[RequestOutcome]:
-    """Insert results, skipping requests that already have one; returns those inserted."""
-    if not outcomes:
-        return []
-    inserted: set[int] = set()
-    for start in range(0, len(outcomes), _PAGE):
-        page = outcomes[start : start + _PAGE]
-        rows = session.execute(
-            _insert_ignoring_duplicates(session).returning(Result.input_index),
-            [_result_row(job_id, o, now) for o in page],
-        )
-        inserted.update(rows.scalars())
-    return [o for o in outcomes if o.index in inserted]
-
-
-def _lock_job(session: Session, job_id: str) -> Job:
-    # One row lock per job serialises chunk completions, so counts, statistics and the
-    # "was this the last chunk?" decision never race (PostgreSQL; SQLite has one writer).
-    # Every writer takes it before any chunk row, so cancel, claim and record never deadlock.
-    return session.execute(
-        select(Job)
-        .where(Job.id == job_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
-
-
-def _count_outcomes(job: Job, inserted: Sequence[RequestOutcome]) -> None:
-    for outcome in inserted:
-        if outcome.status == ResultStatus.SUCCEEDED:
-            job.completed_count += 1
-        elif outcome.status == ResultStatus.FAILED:
-            job.failed_count += 1
-        else:
-            job.cancelled_count += 1
-
-
-def record_chunk_results(
-    session: Session,
-    claim: Claim,
-    outcome: ChunkOutcome,
-    *,
-    complete: bool = True,
-    now: datetime | None = None,
-) -> bool:
-    """Write a chunk's results, counts and statistics; with `complete`, mark the chunk done
-    and finish the job if it was the last one.
-
-    Fenced: does nothing and returns False unless `claim.owner` still holds the lease.
-    Requests that already have a result keep it (their new outcome is dropped, not counted).
-    """
-    now = now or utcnow()
-    job = _lock_job(session, claim.job_id)  # job row first: the lock order of claim_chunk
-    fence = update(Chunk).where(
-        Chunk.id == claim.chunk_id,
-        Chunk.lease_owner == claim.owner,
-        Chunk.state == ChunkState.RUNNING,
-    )
-    if complete:
-        fence = fence.values(
-            state=ChunkState.DONE, lease_owner=None, lease_expires_at=None, finished_at=now
-        )
-    else:
-        fence = fence.values(lease_owner=claim.owner)  # a no-op write that takes the row lock
-    if _rowcount(session.execute(fence.execution_options(synchronize_session=False))) != 1:
-        return False
-    inserted = insert_results(session, claim.job_id, outcome.results, now)
-    _count_outcomes(job, inserted)
-    fold_outcomes(
-        job.stats,
-        inserted,
-        generation_seconds=outcome.generation_seconds,
-        method=outcome.method,
-        baseline=outcome.baseline,
-    )
-    session.flush()
-    if complete:
-        finish_job_if_done(session, claim.job_id, now=now)
-    return True
-
-
 def release_chunk(
     session: Session,
     chunk_id: int,
@@ -297,7 +181,7 @@ def release_chunk(
     if not count_attempt:
         values["attempts"] = Chunk.attempts - 1
     done = session.execute(query.values(**values).execution_options(synchronize_session=False))
-    return _rowcount(done) == 1
+    return rowcount(done) == 1
 
 
 def expired_chunks(
@@ -336,85 +220,3 @@ def unclaimed_chunks(
     if created_before is not None:
         query = query.where(Job.created_at < created_before)
     return list(session.scalars(query.order_by(Chunk.id).limit(limit)))
-
-
-def cancelling_jobs(session: Session, *, model: str | None = None) -> list[str]:
-    """Jobs waiting in `cancelling` (the sweep finishes those whose workers are gone)."""
-    query = select(Job.id).where(Job.status == JobStatus.CANCELLING)
-    if model is not None:
-        query = query.where(Job.model == model)
-    return list(session.scalars(query))
-
-
-def finish_job_if_done(session: Session, job_id: str, *, now: datetime | None = None) -> JobStatus:
-    """Move the job to its terminal state when nothing is left to run; returns its status.
-
-    cancelling -> cancelled once no chunk holds a live lease (requests without a result get a
-    `cancelled` result); otherwise, when every chunk is done: finalizing -> completed, or
-    failed when every request failed.
-    """
-    now = now or utcnow()
-    job = _lock_job(session, job_id)
-    if job.status.is_terminal:
-        return job.status
-    if job.status == JobStatus.CANCELLING:
-        live = session.scalar(
-            select(func.count(Chunk.id)).where(
-                Chunk.job_id == job_id,
-                Chunk.state == ChunkState.RUNNING,
-                Chunk.lease_expires_at >= now,
-            )
-        )
-        if live:
-            return job.status
-        _cancel_remaining(session, job, now)
-        return job.status
-    unfinished = session.scalar(
-        select(func.count(Chunk.id)).where(
-            Chunk.job_id == job_id, Chunk.state.in_((ChunkState.QUEUED, ChunkState.RUNNING))
-        )
-    )
-    if unfinished:
-        return job.status
-    job.finalizing_at = now
-    if job.completed_count == 0 and job.failed_count > 0:
-        job.status = JobStatus.FAILED
-        job.failed_at = now
-        job.errors = [
-            *job.errors,
-            {"code": "all_requests_failed", "message": "every request of the job failed"},
-        ]
-    else:
-        job.status = JobStatus.COMPLETED
-        job.completed_at = now
-    session.flush()
-    return job.status
-
-
-def _cancel_remaining(session: Session, job: Job, now: datetime) -> None:
-    """Give every request without a result a `cancelled` one; stop all unfinished chunks."""
-    # One INSERT ... SELECT over all the job's requests; those that have a result already are
-    # skipped by ON CONFLICT DO NOTHING (no planner-sensitive anti-join over results).
-    marker = RequestOutcome.cancelled(0, "")
-    error = {"code": marker.error_code, "message": marker.error_message}
-    source = select(
-        JobRequest.job_id,
-        JobRequest.custom_id,
-        JobRequest.input_index,
-        literal(ResultStatus.CANCELLED, Result.__table__.c.status.type),
-        literal(error, Result.__table__.c.error.type),
-        literal(now, Result.__table__.c.created_at.type),
-    ).where(JobRequest.job_id == job.id)
-    columns = ["job_id", "custom_id", "input_index", "status", "error", "created_at"]
-    session.execute(_insert_ignoring_duplicates(session).from_select(columns, source))
-    # Every request now has exactly one result, so the cancelled ones are the rest.
-    job.cancelled_count = job.total_count - job.completed_count - job.failed_count
-    session.execute(
-        update(Chunk)
-        .where(Chunk.job_id == job.id, Chunk.state.in_((ChunkState.QUEUED, ChunkState.RUNNING)))
-        .values(state=ChunkState.CANCELLED, lease_owner=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    job.status = JobStatus.CANCELLED
-    job.cancelled_at = now
-    session.flush()

@@ -2,8 +2,8 @@
 
 Plain functions taking a Session; they flush but never commit (whoever opened the session
 owns the transaction). Every read is filtered by tenant, so another tenant's job is simply
-not found. Tenants and keys (`jobs.keys`), the worker side (`jobs.chunks`) and the JSON views
-(`jobs.views`) are re-exported here so callers have one place to look.
+not found. Tenants and keys (`jobs.keys`), the worker side (`jobs.chunks`, `jobs.recording`)
+and the JSON views (`jobs.views`) are re-exported here so callers have one place to look.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from sqlalchemy.orm import Session
 from jobs.chunks import (
     claim_chunk,
     expired_chunks,
-    finish_job_if_done,
     heartbeat,
     pending_requests,
-    record_chunk_results,
     release_chunk,
     unclaimed_chunks,
 )
@@ -48,6 +46,7 @@ from jobs.models import (
     Tenant,
     utcnow,
 )
+from jobs.recording import finish_job_if_done, record_chunk_results
 from jobs.settings import Settings
 from jobs.types import NewJob
 from jobs.views import job_view, result_view

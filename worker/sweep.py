@@ -21,10 +21,10 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import store
-from jobs.chunks import cancelling_jobs
 from jobs.db import transaction
 from jobs.messaging import enqueue_chunks, queue_depth, queue_for_model
 from jobs.models import utcnow
+from jobs.recording import cancelling_jobs
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jobs import store
-from jobs.chunks import cancelling_jobs, is_job_runnable
+from jobs.chunks import is_job_runnable
 from jobs.models import Chunk, ChunkState, JobStatus, Result, ResultStatus, utcnow
+from jobs.recording import cancelling_jobs
 from jobs.store import baseline_chunk_seqs
 from jobs.types import BaselineRun, ChunkOutcome, Claim, RequestOutcome
 from s4c_engine.config import RequestStats
