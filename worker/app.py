@@ -76,6 +76,9 @@ def _lifecycle_step(
         def stop(self, worker: Any) -> None:
             runtime.shutdown.set()
             sweeper.stop()
+            if sweeper.is_alive():
+                sweeper.join(timeout=5)
+            runtime.close()
             while metrics_servers:
                 metrics_servers.pop().stop()
 
