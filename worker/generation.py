@@ -172,7 +172,8 @@ def run_chunk(
     runs = {i: g for i, g in generated.items() if isinstance(g, GenerationResult)}
     # Plain decoding has no baseline but itself: nothing to measure without speculation.
     speculative = engine.method != "ar"
-    if claim.measure_baseline and speculative and pending and len(runs) == len(pending):
+    measurable = pending and len(runs) == len(pending) and not guard.stopped
+    if claim.measure_baseline and speculative and measurable:
         # Results first, so the job's progress shows them while the baseline re-run goes on.
         with transaction(sessions) as session:
             if not store.record_chunk_results(session, claim, outcome, complete=False):

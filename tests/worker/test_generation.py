@@ -164,7 +164,8 @@ def test_a_chunk_past_its_attempts_fails_its_suspect_and_finishes_the_rest(
 def test_shutdown_mid_chunk_hands_the_chunk_back(
     sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
 ) -> None:
-    job_id, chunk_ids = submit(sessions, worker_settings, 4, max_tokens=200)
+    # a chunk chosen for the baseline: a stopped run must not record its unfinished rows
+    job_id, chunk_ids = submit(sessions, worker_settings, 4, max_tokens=200, baseline_sample=1.0)
     shutdown = threading.Event()
     timer = threading.Timer(0.3, shutdown.set)
     timer.start()
