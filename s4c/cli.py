@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -227,6 +228,7 @@ def serve(
     """
     from s4c.launcher import ServiceStack
 
+    interrupt_on_sigterm()
     settings = load_settings()
     if settings.model_dir is None:
         from s4c_engine.model_store import fetch_default_model
@@ -254,6 +256,15 @@ def serve(
         stack.stop()
     if job is not None and job.status != "completed":
         sys.exit(EXIT_JOB_NOT_COMPLETED)
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (kill, docker stop, systemd) stops `serve` the way Ctrl-C does."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def run_demo(settings: Settings) -> Job:

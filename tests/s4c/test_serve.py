@@ -1,5 +1,5 @@
 """`s4c serve` as a user runs it: it comes up on embedded defaults, serves the API, and Ctrl-C
-stops everything it started and exits 0."""
+(or SIGTERM) stops everything it started and exits 0."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import requests
 
 from jobs.settings import Settings
@@ -20,7 +21,10 @@ from s4c.embedded import find_free_port
 READY_LINE = "serving; press Ctrl-C to stop"
 
 
-def test_serve_comes_up_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_serve_comes_up_and_a_signal_stops_everything(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
     port = find_free_port()
     env = {
         **os.environ,
@@ -53,7 +57,7 @@ def test_serve_comes_up_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         names = " ".join(" ".join(p.cmdline()) for p in started)
         assert "redis-server" in names and "s4c api" in names and "s4c worker" in names
 
-        serve.send_signal(signal.SIGINT)
+        serve.send_signal(stop_signal)
         assert serve.wait(120) == 0, serve.stderr.read()
         _gone, alive = psutil.wait_procs(started, timeout=30)
         assert alive == []
