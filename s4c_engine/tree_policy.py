@@ -70,7 +70,7 @@ class TreeTuner:
 
     Candidates for batch size B are the policy's shape for B, the smaller shapes the policy
     uses for larger batches, and plain decoding; each is tried once, then the best one runs and
-    every `probe_every` steps the least recently used one is re-measured. So speculation that
+    every `probe_every` steps the least recently used one that could still win is re-measured. So speculation that
     does not pay (weak heads, hard text, a busy CPU) falls back to smaller trees or to plain
     decoding. Outputs are unaffected: every step is exact (greedy) or lossless (sampling).
     Mutable state of one decode call, passed in, never global.
@@ -96,9 +96,17 @@ class TreeTuner:
         untried = [s for s in options if (batch_size, s) not in self.arms]
         if untried:
             return untried[0]
+        best = max(options, key=lambda s: self._rate(batch_size, s))
         if self.step % self.probe_every == 0:
-            return min(options, key=lambda s: self.arms[batch_size, s].last_used)
-        return max(options, key=lambda s: self._rate(batch_size, s))
+            # Re-measure only arms that could still win: even if every draft were accepted
+            # (depth + 1 tokens per step) at their measured step time.
+            hopeful = [
+                s
+                for s in options
+                if s == best or self._bound(batch_size, s) > self._rate(batch_size, best)
+            ]
+            return min(hopeful, key=lambda s: self.arms[batch_size, s].last_used)
+        return best
 
     def record(
         self, batch_size: int, shape: TreeShape, tokens_per_row: float, seconds: float
@@ -110,6 +118,11 @@ class TreeTuner:
         arm.tokens += self.alpha * (tokens_per_row - arm.tokens)
         arm.seconds += self.alpha * (seconds - arm.seconds)
         arm.last_used = self.step
+
+    def _bound(self, batch_size: int, shape: TreeShape) -> float:
+        depth = shape.spec.depth if shape.spec is not None else shape.depth
+        steps = 1 if shape.is_plain else depth + 1
+        return steps / max(self.arms[batch_size, shape].seconds, 1e-9)
 
     def _rate(self, batch_size: int, shape: TreeShape) -> float:
         arm = self.arms[batch_size, shape]

@@ -35,6 +35,16 @@ def test_tuner_tries_each_candidate_then_runs_the_fastest_and_probes() -> None:
     assert chosen[4] == big  # least recently used arm re-measured
 
 
+def test_tuner_never_probes_a_tree_that_cannot_win() -> None:
+    slow, plain = TreeShape(nodes=16, depth=4), PLAIN
+    tuner = TreeTuner(TreePolicy(((1, slow),)), probe_every=2)
+    # 5 tokens at best in 20 s (0.25/s) can never beat plain's 1 token in 0.5 s (2/s)
+    for shape, rate in ((slow, (3.0, 20.0)), (plain, (1.0, 0.5))):
+        assert tuner.choose(1) == shape
+        tuner.record(1, shape, *rate)
+    assert [tuner.choose(1) for _ in range(6)] == [plain] * 6
+
+
 def test_costly_trees_with_useless_heads_mostly_decode_plainly_and_stay_exact() -> None:
     model = tiny_model("qwen2")
     target = Target(model)
