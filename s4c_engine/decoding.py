@@ -13,8 +13,16 @@ Feature reuse: the same forward returns the last-layer hidden state at every nod
 state at the node where the walk ended is h_t for the next step, so the draft heads start the
 next tree from it directly: no extra target forward per step.
 
+Why this shape: the root has to enter the KV cache anyway, so verifying the tree in the same
+forward makes verification "continuous" with decoding (one forward per step, as in plain
+decoding), and the hidden states the target already computed are the best draft input there
+is (the heads are trained on exactly these features). The unverified subtree below the
+accepted node is not carried over: the next tree is drafted fresh from the new h_t.
+
 Finished rows leave the batch at once (cache rows, hidden states and roots are compacted), so
-they stop costing work; the tree size is re-chosen from the live batch size every step.
+they stop costing work, and waiting requests take their place. The tree is re-chosen every
+step from the live batch size (`TreeTuner`: the policy's largest tree for that size, smaller
+ones, or plain decoding, whichever measures the most tokens/s).
 """
 
 from __future__ import annotations
