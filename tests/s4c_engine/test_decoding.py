@@ -147,10 +147,13 @@ def test_seeded_sampling_repeats_and_seeds_differ() -> None:
     assert run(1) != run(2)
 
 
+@pytest.mark.parametrize("device", available_devices())
 @pytest.mark.parametrize("kind", ["s4c", "medusa"])
-def test_seeded_sampling_gives_the_same_tokens_with_or_without_speculation(kind: str) -> None:
+def test_seeded_sampling_gives_the_same_tokens_with_or_without_speculation(
+    kind: str, device: str
+) -> None:
     """Draws are tied to token positions, so the tree (or none) does not change the sample."""
-    model = tiny_model("qwen2")
+    model = tiny_model("qwen2", device=device)
     target = Target(model)
     params = SamplingParams(max_tokens=20, temperature=0.9, top_k=20, seed=11)
     plain = _ids(decode_batch(target, _requests(PROMPTS, 20, params=params)))
