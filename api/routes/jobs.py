@@ -86,6 +86,11 @@ def _idempotency_key() -> str | None:
 
 
 def _form_options(idempotency_key: str | None) -> JobOptions:
+    # werkzeug keys a part without a `name` in its Content-Disposition as None; sorting that
+    # beside real names raised TypeError (a 500 found by fuzzing). Such a part is a 422.
+    if None in request.form or None in request.files:
+        message = "every multipart part needs a name in its Content-Disposition header"
+        raise ApiProblem(422, "validation-error", message, [ErrorItem(message)])
     unknown = sorted(set(request.form) - set(FORM_FIELDS))
     unknown_files = sorted(set(request.files) - {"file"})
     if unknown or unknown_files:

@@ -208,3 +208,31 @@ def test_broken_line_in_uploaded_file_names_the_line(
     before = row_counts(app)
     assert_problem(client.post("/v1/jobs", data=form, headers=tenant.headers), 400, "line 2")
     assert row_counts(app) == before
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        # an unnamed field beside a named unknown one (sorting None with a str was a 500)
+        [b"Content-Disposition: form-data", b'Content-Disposition: form-data; name="zz"'],
+        [b"Content-Disposition: form-data"],
+        [b'Content-Disposition: form-data; filename="a.jsonl"'],
+    ],
+)
+def test_multipart_part_without_a_name_is_422(
+    client: FlaskClient, app: Flask, tenant: ApiTenant, parts: list[bytes]
+) -> None:
+    file_part = b'Content-Disposition: form-data; name="file"; filename="b.jsonl"'
+    body = b"".join(
+        b"--B\r\n" + headers + b"\r\n\r\n" + content + b"\r\n"
+        for headers, content in [*((p, b"x") for p in parts), (file_part, jsonl(batch_line("a")))]
+    )
+    before = row_counts(app)
+    response = client.post(
+        "/v1/jobs",
+        data=body + b"--B--\r\n",
+        content_type="multipart/form-data; boundary=B",
+        headers=tenant.headers,
+    )
+    assert_problem(response, 422, "needs a name")
+    assert row_counts(app) == before
