@@ -15,8 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import migrate
+from jobs.db import create_db_engine, session_factory
 from jobs.settings import Settings
 from s4c.embedded import create_database, drop_database
 
@@ -108,6 +111,14 @@ def worker_settings(
     )
 
 
+@pytest.fixture
+def sessions(worker_settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the test's database (each test opens and commits its own)."""
+    db = create_db_engine(worker_settings.database_url)
+    yield session_factory(db)
+    db.dispose()
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes Settings.from_env() in a child equal `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("S4C_")}
@@ -189,3 +200,20 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]
     yield start
     for worker in started:
         worker.stop()
+
+
+def api_client(settings: Settings, tenant: str = "acme") -> tuple[FlaskClient, dict[str, str]]:
+    """The real API (`create_app`) on `settings`' database and broker, and the Authorization
+    header of a fresh key for `tenant` (the tenant `submit` creates jobs for)."""
+    from api import create_app
+    from jobs import store
+    from jobs.db import create_db_engine, session_factory, transaction
+
+    db = create_db_engine(settings.database_url)
+    try:
+        with transaction(session_factory(db)) as session:
+            _, key = store.create_api_key(session, tenant)
+    finally:
+        db.dispose()
+    app = create_app(settings.with_overrides(rate_limit_per_minute=100_000))
+    return app.test_client(), {"Authorization": f"Bearer {key}"}

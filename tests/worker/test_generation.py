@@ -4,7 +4,6 @@ a real PostgreSQL database and a real Redis; no Celery worker involved."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import messaging, store
-from jobs.db import create_db_engine, session_factory, transaction
+from jobs.db import transaction
 from jobs.models import Chunk, ChunkState, Job, JobStatus, Result, ResultStatus, utcnow
 from jobs.settings import Settings
 from jobs.types import NewJob, NewRequest
@@ -31,13 +30,6 @@ def engine(worker_model_dir: Path, worker_heads_dir: Path) -> Any:
     loaded = Engine.load(worker_model_dir, heads_path=worker_heads_dir, max_batch_size=4)
     assert loaded.method == "s4c"
     return loaded
-
-
-@pytest.fixture
-def sessions(worker_settings: Settings) -> Iterator[sessionmaker[Session]]:
-    db = create_db_engine(worker_settings.database_url)
-    yield session_factory(db)
-    db.dispose()
 
 
 def submit(

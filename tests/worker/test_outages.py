@@ -19,14 +19,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import migrate
 from jobs.db import create_db_engine, session_factory
-from jobs.models import Chunk, ChunkState, Job, JobStatus, Result
+from jobs.models import Chunk, ChunkState, Job, JobStatus
 from jobs.settings import Settings
 from s4c.embedded import PostgresCluster, RedisServer, create_database
-from tests.worker.conftest import WorkerProcess
+from tests.worker.conftest import WorkerProcess, api_client
 from tests.worker.test_generation import submit
-from tests.worker.test_worker_process import enqueue
+from tests.worker.test_worker_process import assert_one_result_per_request, enqueue
 
 StartWorker = Callable[[Settings], WorkerProcess]
+INLINE_JOB = {"requests": [{"custom_id": "a", "prompt": "Hello.", "max_tokens": 4}]}
 
 
 @pytest.fixture
@@ -74,12 +75,6 @@ def a_chunk_runs(sessions: sessionmaker[Session], job_id: str) -> bool:
         return bool(session.scalar(query))
 
 
-def one_result_each(sessions: sessionmaker[Session], job_id: str, n: int) -> None:
-    with sessions() as session:
-        indexes = session.scalars(select(Result.input_index).where(Result.job_id == job_id)).all()
-    assert sorted(indexes) == list(range(n))
-
-
 @pytest.mark.slow
 def test_postgres_down_mid_job_then_back_the_job_completes(
     private_postgres: tuple[PostgresCluster, str],
@@ -88,14 +83,23 @@ def test_postgres_down_mid_job_then_back_the_job_completes(
 ) -> None:
     cluster, url = private_postgres
     settings = worker_settings.with_overrides(database_url=url)
+    client, headers = api_client(settings)
     with open_sessions(url) as sessions:
         worker = start_worker(settings)
         worker.wait_ready()
-        job_id, chunk_ids = submit(sessions, settings, 12, max_tokens=60)
+        job_id, chunk_ids = submit(sessions, settings, 24, max_tokens=40)
         enqueue(settings, chunk_ids)
         poll(lambda: a_chunk_runs(sessions, job_id), 60, "a running chunk", worker)
         cluster.kill()
-        time.sleep(4)
+        # Meanwhile the API says it is not ready and answers with a 503 problem, no trace.
+        for path in ("/readyz", f"/v1/jobs/{job_id}", "/v1/jobs"):
+            response = client.get(path, headers=headers)
+            assert response.status_code == 503, response.get_data(as_text=True)
+            assert response.mimetype == "application/problem+json"
+            assert "Traceback" not in response.get_data(as_text=True)
+        response = client.post("/v1/jobs", json=INLINE_JOB, headers=headers)
+        assert response.status_code == 503 and response.headers["Retry-After"]
+        time.sleep(3)
         cluster.restart()
         poll(
             lambda: status_of(sessions, job_id) == JobStatus.COMPLETED,
@@ -103,8 +107,12 @@ def test_postgres_down_mid_job_then_back_the_job_completes(
             "the job to complete after the outage",
             worker,
         )
-        one_result_each(sessions, job_id, 12)
+        assert_one_result_per_request(sessions, job_id, 24)
         assert worker.process.poll() is None  # the worker rode out the outage
+        # ... and the API recovered without a restart.
+        assert client.get("/readyz").status_code == 200
+        view = client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
+        assert view["status"] == "completed" and view["request_counts"]["completed"] == 24
         worker.signal(signal.SIGTERM)
         assert worker.process.wait(60) == 0
 
@@ -133,4 +141,4 @@ def test_redis_restarted_mid_job_loses_its_queue_and_the_job_completes(
             "the job to complete after the broker restart",
             worker,
         )
-        one_result_each(sessions, job_id, 16)
+        assert_one_result_per_request(sessions, job_id, 16)

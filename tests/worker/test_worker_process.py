@@ -8,27 +8,19 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import messaging, store
-from jobs.db import create_db_engine, session_factory
-from jobs.models import Chunk, ChunkState, Job, JobStatus, Result
+from jobs.models import Chunk, ChunkState, Job, JobStatus, Result, ResultStatus
 from jobs.settings import Settings
-from tests.worker.conftest import WorkerProcess
+from tests.worker.conftest import WorkerProcess, api_client
 from tests.worker.test_generation import submit
 
 StartWorker = Callable[[Settings], WorkerProcess]
-
-
-@pytest.fixture
-def sessions(worker_settings: Settings) -> Iterator[sessionmaker[Session]]:
-    db = create_db_engine(worker_settings.database_url)
-    yield session_factory(db)
-    db.dispose()
 
 
 def enqueue(settings: Settings, chunk_ids: list[int]) -> None:
@@ -64,17 +56,36 @@ def wait_terminal(
 
 
 def assert_one_result_per_request(sessions: sessionmaker[Session], job_id: str, n: int) -> None:
+    """Exactly one result row per request, and the job's counters and token statistics are
+    those of its rows (nothing counted twice, nothing counted that was not stored)."""
     with sessions() as session:
         rows = session.execute(
             select(Result.input_index, func.count(Result.id))
             .where(Result.job_id == job_id)
             .group_by(Result.input_index)
         ).all()
+        by_status = dict(
+            session.execute(
+                select(Result.status, func.count(Result.id))
+                .where(Result.job_id == job_id)
+                .group_by(Result.status)
+            ).all()
+        )
+        tokens = session.scalar(
+            select(func.coalesce(func.sum(Result.completion_tokens), 0)).where(
+                Result.job_id == job_id, Result.status == ResultStatus.SUCCEEDED
+            )
+        )
         job = session.get(Job, job_id)
         assert job is not None
+        stats = store.job_view(job)["stats"]
     assert sorted(index for index, _ in rows) == list(range(n))
     assert all(count == 1 for _, count in rows)
     assert job.completed_count + job.failed_count + job.cancelled_count == n
+    assert by_status.get(ResultStatus.SUCCEEDED, 0) == job.completed_count
+    assert by_status.get(ResultStatus.FAILED, 0) == job.failed_count
+    assert by_status.get(ResultStatus.CANCELLED, 0) == job.cancelled_count
+    assert (stats["tokens_generated"] or 0) == tokens
 
 
 def running_chunk(sessions: sessionmaker[Session], job_id: str) -> bool:
@@ -162,23 +173,35 @@ def test_killed_and_frozen_workers_lose_their_chunks_to_a_live_one(
 
 
 @pytest.mark.slow
-def test_cancel_mid_job_stops_the_worker_and_keeps_finished_results(
+def test_cancel_mid_job_is_cancelling_then_cancelled_and_keeps_finished_results(
     sessions: sessionmaker[Session], worker_settings: Settings, start_worker: StartWorker
 ) -> None:
+    client, headers = api_client(worker_settings)
     worker = start_worker(worker_settings)
     worker.wait_ready()
-    job_id, chunk_ids = submit(sessions, worker_settings, 12, max_tokens=120)
+    job_id, chunk_ids = submit(sessions, worker_settings, 24, max_tokens=120)
     enqueue(worker_settings, chunk_ids)
     wait_for(lambda: running_chunk(sessions, job_id), 60, "a running chunk")
-    with sessions() as session, session.begin():
-        tenant = store.create_tenant(session, "acme")
-        cancelling = store.cancel_job(session, tenant, job_id)
-        assert cancelling is not None and cancelling.status == JobStatus.CANCELLING
+    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
+    assert response.status_code == 200 and response.get_json()["status"] == "cancelling"
     assert wait_terminal(sessions, job_id, [worker]) == JobStatus.CANCELLED
-    assert_one_result_per_request(sessions, job_id, 12)
+    view = client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
+    assert view["status"] == "cancelled" and view["cancelling_at"] <= view["cancelled_at"]
+    assert_one_result_per_request(sessions, job_id, 24)
     with sessions() as session:
         job = session.get(Job, job_id)
-        assert job is not None and job.cancelled_count >= 8  # at least the untouched chunks
-        states = set(session.scalars(select(Chunk.state).where(Chunk.job_id == job_id)))
-    assert ChunkState.RUNNING not in states and ChunkState.QUEUED not in states
+        assert job is not None and job.cancelled_count >= 16  # at least the untouched chunks
+        chunks = session.scalars(select(Chunk).where(Chunk.job_id == job_id)).all()
+        last_write = session.scalar(
+            select(func.max(Result.created_at)).where(Result.job_id == job_id)
+        )
+    assert not {c.state for c in chunks} & {ChunkState.RUNNING, ChunkState.QUEUED}
+    # No more work for it: chunks not started by the cancel never ran, and nothing was
+    # written after the job became cancelled, not even a moment later.
+    assert sum(c.attempts == 0 for c in chunks) >= 4
+    time.sleep(2)
+    with sessions() as session:
+        later = session.scalar(select(func.count(Result.id)).where(Result.job_id == job_id))
+    assert later == 24 and last_write is not None and job.cancelled_at is not None
+    assert last_write <= job.cancelled_at
     assert worker.stop() == 0
