@@ -31,8 +31,11 @@ serve: setup
 
 ## test: the whole suite (what .ci/run calls); PYTEST_ARGS adds options, e.g. "-m 'not slow'"
 PYTEST_ARGS ?= -q
+# pytest exit codes: 0 passed, 1 tests failed, 2 interrupted, 3 internal error, 4 usage
+# error, 5 no tests collected; every one but 0 fails (make itself then exits 2)
 test: setup browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -ne 0 ]; then echo "pytest exit code $$rc"; fi; exit $$rc
 
 ## browser: Debian's chromium and chromedriver for the dashboard test (installed once)
 browser:
