@@ -8,8 +8,11 @@ a direct `Engine.generate`, and job throughput with 1 and 2 worker processes.
    PostgreSQL with --postgres-server, `s4c api`, N `s4c worker`s), a warm-up job, then the
    same prompts as one job over HTTP. job wall = from POST /v1/jobs until GET shows the job
    completed (polled every 50 ms). overhead = (job wall - engine wall) / engine wall, with
-   1 worker. Throughput X(N) = generated tokens / job wall; efficiency E(2) = X(2) / (2 X(1)).
-Greedy, no baseline re-runs (they would add engine work the direct call does not do).
+   1 worker; also against the engine time the worker itself measured in that job (less
+   exposed to a busy machine's noise between runs). Throughput X(N) = generated tokens /
+   job wall; efficiency E(2) = X(2) / (2 X(1)).
+Greedy, no baseline re-runs (they would add engine work the direct call does not do). With N
+workers each gets cpu_count / N torch threads (OMP_NUM_THREADS).
 
     .venv/bin/python benchmarks/service_overhead.py --max-tokens 32
 """
@@ -55,6 +58,7 @@ class DirectRun:
 @dataclass(frozen=True)
 class JobRun:
     workers: int
+    threads_per_worker: int
     seconds: float
     tokens: int
     worker_generation_seconds: float
@@ -71,6 +75,7 @@ class OverheadReport:
     direct: DirectRun
     jobs: list[JobRun]
     overhead: float
+    overhead_vs_worker_engine: float
     efficiency_2: float | None
 
 
@@ -87,9 +92,12 @@ def run_direct(
     model_dir: Path, method: str, texts: Sequence[str], batch: int, max_tokens: int
 ) -> DirectRun:
     """The engine alone, in chunk-sized groups, as the worker would run them."""
+    import torch
+
     from s4c_engine.config import Prompt, SamplingParams
     from s4c_engine.engine import Engine
 
+    torch.set_num_threads(threads_per_worker(1))  # what one worker gets
     engine = Engine.load(model_dir, method=method, max_batch_size=batch)  # type: ignore[arg-type]
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     prompts = [Prompt(text=t) for t in texts]
@@ -136,6 +144,10 @@ def run_job(
     raise SystemExit(f"job {job_id} did not finish in {JOB_TIMEOUT_SECONDS:.0f} s")
 
 
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def run_service(args: argparse.Namespace, texts: Sequence[str], workers: int, home: Path) -> JobRun:
     """Start the stack with `workers` workers, run a warm-up job and the measured one."""
     database_name = None
@@ -155,6 +167,8 @@ def run_service(args: argparse.Namespace, texts: Sequence[str], workers: int, ho
         "S4C_BASELINE_SAMPLE": "0",
         "S4C_RATE_LIMIT_PER_MINUTE": "100000",
         "S4C_ENGINE_METHOD": args.method,
+        # The machine's cores split between the workers, as one worker per device would be.
+        "OMP_NUM_THREADS": str(threads_per_worker(workers)),
     }
     stack = ServiceStack.start(settings, workers=workers, device="cpu", environ=environ)
     try:
@@ -173,6 +187,7 @@ def run_service(args: argparse.Namespace, texts: Sequence[str], workers: int, ho
     tokens = int(stats["tokens_generated"])
     return JobRun(
         workers=workers,
+        threads_per_worker=threads_per_worker(workers),
         seconds=round(seconds, 3),
         tokens=tokens,
         worker_generation_seconds=round(float(stats["generation_seconds"]), 3),
@@ -219,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         direct=direct,
         jobs=runs,
         overhead=round((one.seconds - direct.seconds) / direct.seconds, 4) if one else float("nan"),
+        # The same split inside the service run: engine time as the worker measured it.
+        overhead_vs_worker_engine=(
+            round((one.seconds - one.worker_generation_seconds) / one.worker_generation_seconds, 4)
+            if one
+            else float("nan")
+        ),
         efficiency_2=(
             round(two.tokens_per_second / (2 * one.tokens_per_second), 3) if one and two else None
         ),
