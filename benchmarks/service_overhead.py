@@ -89,7 +89,12 @@ def load_prompts(path: Path, count: int) -> list[str]:
 
 
 def run_direct(
-    model_dir: Path, method: str, texts: Sequence[str], batch: int, max_tokens: int
+    model_dir: Path,
+    method: str,
+    texts: Sequence[str],
+    batch: int,
+    max_tokens: int,
+    threads: int | None,
 ) -> DirectRun:
     """The engine alone, in chunk-sized groups, as the worker would run them."""
     import torch
@@ -97,7 +102,7 @@ def run_direct(
     from s4c_engine.config import Prompt, SamplingParams
     from s4c_engine.engine import Engine
 
-    torch.set_num_threads(threads_per_worker(1))  # what one worker gets
+    torch.set_num_threads(threads_per_worker(1, threads))  # what one worker gets
     engine = Engine.load(model_dir, method=method, max_batch_size=batch)  # type: ignore[arg-type]
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     prompts = [Prompt(text=t) for t in texts]
@@ -144,8 +149,8 @@ def run_job(
     raise SystemExit(f"job {job_id} did not finish in {JOB_TIMEOUT_SECONDS:.0f} s")
 
 
-def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)
+def threads_per_worker(workers: int, fixed: int | None = None) -> int:
+    return fixed or max(1, (os.cpu_count() or 1) // workers)
 
 
 def run_service(args: argparse.Namespace, texts: Sequence[str], workers: int, home: Path) -> JobRun:
@@ -168,7 +173,7 @@ def run_service(args: argparse.Namespace, texts: Sequence[str], workers: int, ho
         "S4C_RATE_LIMIT_PER_MINUTE": "100000",
         "S4C_ENGINE_METHOD": args.method,
         # The machine's cores split between the workers, as one worker per device would be.
-        "OMP_NUM_THREADS": str(threads_per_worker(workers)),
+        "OMP_NUM_THREADS": str(threads_per_worker(workers, args.threads)),
     }
     stack = ServiceStack.start(settings, workers=workers, device="cpu", environ=environ)
     try:
@@ -187,7 +192,7 @@ def run_service(args: argparse.Namespace, texts: Sequence[str], workers: int, ho
     tokens = int(stats["tokens_generated"])
     return JobRun(
         workers=workers,
-        threads_per_worker=threads_per_worker(workers),
+        threads_per_worker=threads_per_worker(workers, args.threads),
         seconds=round(seconds, 3),
         tokens=tokens,
         worker_generation_seconds=round(float(stats["generation_seconds"]), 3),
@@ -204,6 +209,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="chunk size = batch size")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--workers", default="1,2", help="worker counts to measure")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per worker (default: cores / workers)"
+    )
     parser.add_argument("--postgres-server", help="PostgreSQL server URL (default: SQLite)")
     parser.add_argument("--output", type=Path, help="also write the JSON report here")
     return parser.parse_args(argv)
@@ -212,7 +220,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     texts = load_prompts(args.prompts_file, args.prompts)
-    direct = run_direct(args.model_dir, args.method, texts, args.batch_size, args.max_tokens)
+    direct = run_direct(
+        args.model_dir, args.method, texts, args.batch_size, args.max_tokens, args.threads
+    )
     print(f"direct: {direct}", file=sys.stderr)
     home = Path(tempfile.mkdtemp(prefix="s4c-overhead-"))
     home.chmod(0o755)
