@@ -45,7 +45,12 @@ def test_tuner_never_probes_a_tree_that_cannot_win() -> None:
     assert [tuner.choose(1) for _ in range(6)] == [plain] * 6
 
 
-def test_costly_trees_with_useless_heads_mostly_decode_plainly_and_stay_exact() -> None:
+def test_tuned_and_forced_trees_with_useless_heads_stay_exact() -> None:
+    """Whatever the tuner picks from its (wall-clock) measurements, the output is exact.
+
+    How often it picks plain steps depends on timings, which belong in benchmarks, not in a
+    unit test: the choice logic itself is pinned down with recorded rates above.
+    """
     model = tiny_model("qwen2")
     target = Target(model)
     heads = random_heads(model, scale=1.0)  # drafts that are nearly always wrong
@@ -55,5 +60,4 @@ def test_costly_trees_with_useless_heads_mostly_decode_plainly_and_stay_exact() 
     gated = decode_batch(target, [request], heads=heads, policy=expensive)[0]
     ungated = decode_batch(target, [request], heads=heads, policy=expensive, adaptive=False)[0]
     assert gated.token_ids == plain.token_ids == ungated.token_ids
-    speculative_steps = gated.stats.attempted_per_depth[0]
-    assert speculative_steps < ungated.stats.attempted_per_depth[0] / 3
+    assert ungated.stats.attempted_per_depth[0] > 0  # the forced tree really speculated
