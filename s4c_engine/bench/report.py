@@ -153,8 +153,8 @@ def markdown(report: dict[str, Any]) -> str:
         o = s["overall"]
         acc = " ".join(f"{a:.2f}" for a in o["acceptance_per_depth"]) or "–"
         lines.append(
-            f"| {m} | {o['tokens_per_s']:.1f} | {_fmt(o['speedup_vs_hf'])}x | "
-            f"{_fmt(o['speedup_vs_ar'])}x | {_fmt(o['tau'])} | {acc} | "
+            f"| {m} | {o['tokens_per_s']:.1f} | {_fmt(o['speedup_vs_hf'], '{:.2f}x')} | "
+            f"{_fmt(o['speedup_vs_ar'], '{:.2f}x')} | {_fmt(o['tau'])} | {acc} | "
             f"{_fmt(o['exact_match'])} | {o['peak_rss_mb']:.0f} |"
         )
     cats = list(dict.fromkeys(c for s in methods.values() for c in s["categories"]))
@@ -171,7 +171,9 @@ def markdown(report: dict[str, Any]) -> str:
             for c in cats:
                 x = s["categories"].get(c)
                 cells.append(
-                    "–" if x is None else f"{_fmt(x['speedup_vs_hf'])}x ({_fmt(x['tau'])})"
+                    "–"
+                    if x is None
+                    else f"{_fmt(x['speedup_vs_hf'], '{:.2f}x')} ({_fmt(x['tau'])})"
                 )
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     batches = report.get("batches") or {}
@@ -185,7 +187,7 @@ def markdown(report: dict[str, Any]) -> str:
         for size, entry in batches.items():
             for m, x in entry.items():
                 lines.append(
-                    f"| {size} | {m} | {x['tokens_per_s']:.1f} | {_fmt(x['speedup_vs_hf'])}x | "
+                    f"| {size} | {m} | {x['tokens_per_s']:.1f} | {_fmt(x['speedup_vs_hf'], '{:.2f}x')} | "
                     f"{x['row_latency_s']:.2f} | {_fmt(x['tree_nodes'], '{}')} | "
                     f"{_fmt(x['exact_match'])} |"
                 )
