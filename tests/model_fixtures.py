@@ -6,11 +6,10 @@ greedy continuations are varied rather than one repeated token.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen2Config
 
+from jobs.settings import Settings
 from s4c_engine.heads import DraftHeads, HeadConfig
 
 ARCHS = ("llama", "qwen2")
@@ -57,7 +56,8 @@ def tiny_model(
     return model.to(device=device, dtype=dtype).eval()
 
 
-DEFAULT_MODEL_DIR = Path.home() / ".cache" / "s4c" / "models" / "SmolLM2-135M-Instruct"
+# Where `make setup` (`s4c model fetch`) put the default model: $S4C_HOME/models/<name>.
+DEFAULT_MODEL_DIR = Settings.from_env().resolved_model_dir
 
 
 def has_default_model() -> bool:

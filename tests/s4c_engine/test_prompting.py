@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from s4c_engine.config import ChatMessage, Prompt
 from s4c_engine.prompting import PromptCodec, read_model_info
+from tests.model_fixtures import DEFAULT_MODEL_DIR
 
-MODEL_DIR = Path.home() / ".cache" / "s4c" / "models" / "SmolLM2-135M-Instruct"
+MODEL_DIR = DEFAULT_MODEL_DIR
 
 pytestmark = [
     pytest.mark.real_model,

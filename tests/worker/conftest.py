@@ -22,6 +22,7 @@ from jobs import migrate
 from jobs.db import create_db_engine, session_factory
 from jobs.settings import Settings
 from s4c.embedded import create_database, drop_database
+from tests.model_fixtures import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -35,7 +36,7 @@ def worker_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    source = Path.home() / ".cache" / "s4c" / "models" / "SmolLM2-135M-Instruct"
+    source = DEFAULT_MODEL_DIR
     # Named "tiny": the name tests/model_fixtures.random_heads builds heads for.
     target = tmp_path_factory.mktemp("tiny-model") / "tiny"
     torch.manual_seed(0)
