@@ -14,10 +14,15 @@ from s4c_engine.errors import HeadsMismatchError, PromptError
 from s4c_engine.heads import DraftHeads, HeadConfig
 from tests.model_fixtures import DEFAULT_MODEL_DIR, has_default_model
 
-pytestmark = [
-    pytest.mark.real_model,
-    pytest.mark.skipif(not has_default_model(), reason="default model not fetched (make setup)"),
-]
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _default_model_present() -> None:
+    """A missing model is a failure, never a skip: these are the suite's real-model checks."""
+    if not has_default_model():
+        pytest.fail(f"default model not found at {DEFAULT_MODEL_DIR}: run `make setup`")
+
 
 QUESTIONS = [
     "What is the capital of France?",
