@@ -287,8 +287,9 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
     assert "measured speedup" in caption
     shoot(browser, "05-completed-with-plots")
 
-    # cancel a big job (no baseline re-runs) from the page once its first chunk is in
-    lines = jsonl_file(tmp_path / "big.jsonl", "big", [24] * 48)
+    # cancel a big job (no baseline re-runs) from the page once its first chunk is in; big
+    # enough (100 chunks) that a quiet machine cannot finish it before the click lands
+    lines = jsonl_file(tmp_path / "big.jsonl", "big", [24] * 400)
     big = submit(lines, {"category": "big"}, baseline_sample="0")
     wait.until(
         lambda _d: (
