@@ -1,10 +1,12 @@
 """The distilled dataset in memory: positions, teacher-forced paths and soft targets.
 
-Reads what `distill` wrote (index + shards) into flat arrays over every answer position g:
-`hidden[g]` (D) is the target's final hidden state that predicts `token[g]` (the target's own
-greedy token) and `topk_*[g]` its top-k logits. Samples are concatenated, so the path and the
+Reads what `distill` wrote (index + shards) into flat arrays over every stored position g:
+`hidden[g]` (D) is the target's final hidden state that predicts `token[g]` (the next token of
+the sequence: the target's own greedy token on answer positions, the user's text on prompt
+positions) and `topk_*[g]` its top-k logits. Samples are concatenated, so the path and the
 targets of head i at g are rows g..g+i+1, valid while `depth_left[g] > i + 1`.
-Also computes the draft vocabulary (most frequent answer tokens).
+`is_answer[g]` marks answer positions (what decoding drafts on; validation scores those).
+Also computes the draft vocabulary (most frequent tokens).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ class PositionData:
     """Flat per-position arrays of one split; N positions, D hidden, k stored logits.
 
     hidden (N, D) fp16; token (N,) long; topk_ids (N, k) long; topk_values (N, k) fp16;
-    depth_left (N,) long = positions left in this answer including this one;
-    category (N,) long index into `categories`.
+    depth_left (N,) long = positions left in this sample including this one;
+    category (N,) long index into `categories`; is_answer (N,) bool; layers: decoder layer
+    index -> (N, D) fp16 outputs of that layer (those the heads use and the shards hold).
     """
 
     hidden: torch.Tensor
@@ -38,6 +41,8 @@ class PositionData:
     category: torch.Tensor
     categories: tuple[str, ...]
     num_samples: int
+    is_answer: torch.Tensor
+    layers: dict[int, torch.Tensor]
 
     @property
     def num_positions(self) -> int:
@@ -70,9 +75,13 @@ def is_validation(sample_id: str, val_percent: float) -> bool:
 
 
 def load_splits(
-    data_dir: Path, val_percent: float = 3.0, limit: int | None = None
+    data_dir: Path,
+    val_percent: float = 3.0,
+    limit: int | None = None,
+    layers: tuple[int, ...] = (),
 ) -> DistilledSplits:
-    """Load the samples (first `limit`) and split them by id into train and validation."""
+    """Load the samples (first `limit`) and split them by id into train and validation;
+    `layers` names the stored decoder-layer features to load too."""
     records = read_index(data_dir, limit)
     categories = tuple(sorted({str(r["category"]) for r in records}))
     shards: dict[str, dict[str, torch.Tensor]] = {}
@@ -86,24 +95,38 @@ def load_splits(
             shards[name] = load_file(str(data_dir / SHARD_DIR / name))
         parts[is_validation(str(rec["id"]), val_percent)].append((rec, shards[name]))
     return DistilledSplits(
-        train=_flatten(parts[False], categories), val=_flatten(parts[True], categories)
+        train=_flatten(parts[False], categories, layers),
+        val=_flatten(parts[True], categories, layers),
     )
 
 
 def _flatten(
-    items: list[tuple[dict[str, object], dict[str, torch.Tensor]]], categories: tuple[str, ...]
+    items: list[tuple[dict[str, object], dict[str, torch.Tensor]]],
+    categories: tuple[str, ...],
+    layers: tuple[int, ...] = (),
 ) -> PositionData:
-    hidden, token, ids, values, left, cat = [], [], [], [], [], []
+    hidden, token, ids, values, left, cat, answer = [], [], [], [], [], [], []
+    feats: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     for rec, shard in items:
-        answer = list(rec["answer_ids"])  # type: ignore[call-overload]
-        n, off = len(answer), int(rec["offset"])  # type: ignore[call-overload]
+        prompt = list(rec["prompt_ids"])  # type: ignore[call-overload]
+        seq = prompt + list(rec["answer_ids"])  # type: ignore[call-overload]
+        # Records without "start" hold answer positions only (j from len(prompt) - 1).
+        start = int(rec.get("start", len(prompt) - 1))  # type: ignore[attr-defined]
+        n, off = len(seq) - 1 - start, int(rec["offset"])  # type: ignore[call-overload]
+        if n <= 0:
+            continue
         hidden.append(shard["hidden"][off : off + n])
         ids.append(shard["topk_ids"][off : off + n].long())
         values.append(shard["topk_values"][off : off + n])
-        token.append(torch.tensor(answer, dtype=torch.long))
+        for i in layers:
+            if f"layer{i}" not in shard:
+                raise ValueError(f"the distilled shards hold no features of decoder layer {i}")
+            feats[i].append(shard[f"layer{i}"][off : off + n])
+        token.append(torch.tensor(seq[start + 1 :], dtype=torch.long))
         left.append(torch.arange(n, 0, -1, dtype=torch.long))
         cat.append(torch.full((n,), categories.index(str(rec["category"])), dtype=torch.long))
-    if not items:  # e.g. val_percent 0: an empty split evaluates to nothing
+        answer.append(torch.arange(start, start + n) >= len(prompt) - 1)
+    if not hidden:  # e.g. val_percent 0: an empty split evaluates to nothing
         empty = torch.zeros(0, dtype=torch.long)
         return PositionData(
             torch.zeros(0, 0),
@@ -114,6 +137,8 @@ def _flatten(
             empty,
             categories,
             0,
+            torch.zeros(0, dtype=torch.bool),
+            {i: torch.zeros(0, 0) for i in layers},
         )
     return PositionData(
         hidden=torch.cat(hidden),
@@ -124,6 +149,8 @@ def _flatten(
         category=torch.cat(cat),
         categories=categories,
         num_samples=len(items),
+        is_answer=torch.cat(answer),
+        layers={i: torch.cat(v) for i, v in feats.items()},
     )
 
 
