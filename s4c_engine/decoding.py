@@ -121,6 +121,9 @@ def decode_batch(
     output is identical either way; sampled output has the same distribution.
     """
     rows = [_Row(r, PositionUniforms.for_params(r.params)) for r in requests]
+    layers = heads.config.feature_layers if heads is not None else ()
+    if target.feature_layers != layers:  # plain decoding captures nothing extra
+        target.capture_layers(layers)
     limit = max_batch_size or len(rows)
     static = _compile_static(policy, target.device)
     waiting = deque(range(len(rows)))

@@ -34,6 +34,9 @@ class HeadConfig:
     """Structure of a set of draft heads and the target they were built for.
 
     `draft_vocab_size == vocab_size` means the heads draft over the full vocabulary.
+    `feature_layers` (s4c only): decoder layers whose outputs (the residual stream after that
+    layer) join the last hidden state as the heads' input, EAGLE-3-style low/mid/high fusion;
+    empty means the last hidden state alone.
     """
 
     kind: HeadKind = "s4c"
@@ -44,15 +47,24 @@ class HeadConfig:
     target_arch: str = ""
     hidden_size: int = 0
     vocab_size: int = 0
+    feature_layers: tuple[int, ...] = ()
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "feature_layers", tuple(int(i) for i in self.feature_layers))
+        if self.feature_layers and self.kind != "s4c":
+            raise ValueError("only s4c heads take decoder-layer features")
         if self.kind not in ("s4c", "medusa"):
             raise ValueError(f"unknown head kind {self.kind!r}")
         if self.num_heads < 1 or self.num_layers < 1:
             raise ValueError("num_heads and num_layers must be >= 1")
         if not 0 < self.draft_vocab_size <= self.vocab_size:
             raise ValueError("draft_vocab_size must be in [1, vocab_size]")
+
+    @property
+    def feature_size(self) -> int:
+        """Width of the heads' input features: the last hidden state plus one per layer."""
+        return self.hidden_size * (1 + len(self.feature_layers))
 
     @classmethod
     def for_target(cls, model: nn.Module, target_name: str, **fields: object) -> HeadConfig:
@@ -140,7 +152,7 @@ class DraftHeads(nn.Module):
         self.input_proj = nn.ModuleList()
         if config.kind == "s4c":
             for i in range(config.num_heads):
-                proj = nn.Linear((i + 2) * d, d, bias=False)
+                proj = nn.Linear(config.feature_size + (i + 1) * d, d, bias=False)
                 with torch.no_grad():
                     proj.weight.zero_()
                     proj.weight[:, :d] = torch.eye(d)  # start by passing h_t through
@@ -203,15 +215,17 @@ class DraftHeads(nn.Module):
     ) -> torch.Tensor:
         """Head `head`'s output features before the vocabulary projection.
 
-        hidden: (..., D) target last hidden state h_t; path_tokens: (..., head+1) target ids
-        [root, draft_1, ..., draft_head] on the path (ignored by medusa heads). Returns (..., D).
+        hidden: (..., F) the target's features at t: last hidden state h_t, then the outputs of
+        `config.feature_layers` (F = config.feature_size); path_tokens: (..., head+1) target
+        ids [root, draft_1, ..., draft_head] on the path (ignored by medusa heads).
+        Returns (..., D).
         """
         x = hidden
         if self.config.kind == "s4c":
             if path_tokens is None or path_tokens.shape[-1] != head + 1:
                 raise ValueError(f"s4c head {head} needs {head + 1} path tokens")
             emb = self.embed_weight[path_tokens]  # (..., head+1, D)
-            x = self.input_proj[head](torch.cat([hidden.unsqueeze(-2), emb], -2).flatten(-2))
+            x = self.input_proj[head](torch.cat([hidden, emb.flatten(-2)], -1))
         return self.blocks[head](x)
 
     def head_logits(
@@ -229,7 +243,7 @@ class DraftHeads(nn.Module):
     def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits of every head at every position, (K, B, T, Vd).
 
-        hidden: (B, T, D) target last hidden states (after the final norm) for `input_ids`
+        hidden: (B, T, F) target features (see `head_features`) for `input_ids`
         (B, T). Head i at position t predicts input_ids[t + i + 2], conditioned (s4c) on
         input_ids[t + 1 .. t + i + 1]. Positions past the end see padding; `training_targets`
         marks them IGNORE_INDEX.

@@ -20,7 +20,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class TargetOutput:
-    hidden: torch.Tensor  # (B, M, D) last-layer hidden states (after the final norm)
+    # (B, M, F) draft features: the last-layer hidden state (after the final norm), then the
+    # outputs of the captured decoder layers (F = D * (1 + len(feature_layers)))
+    hidden: torch.Tensor
     logits: torch.Tensor  # (B, M, V)
 
 
@@ -44,6 +46,27 @@ class Target:
         first = next(model.parameters())
         self.device = first.device
         self.dtype = first.dtype
+        self.feature_layers: tuple[int, ...] = ()
+        self._captured: dict[int, torch.Tensor] = {}
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def capture_layers(self, layers: tuple[int, ...]) -> None:
+        """Also return the outputs of these decoder layers (after the last hidden state) in
+        `TargetOutput.hidden`: what heads with `feature_layers` draft from."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks, self._captured = [], {}
+        decoder_layers = self.decoder.layers
+        for i in layers:
+            if not 0 <= i < len(decoder_layers):
+                raise ValueError(f"the target has no decoder layer {i}")
+
+            def hook(_m: nn.Module, _a: object, output: object, i: int = i) -> None:
+                out = output[0] if isinstance(output, tuple) else output
+                self._captured[i] = out  # type: ignore[assignment]
+
+            self._hooks.append(decoder_layers[i].register_forward_hook(hook))
+        self.feature_layers = tuple(layers)
 
     @classmethod
     def load(cls, model_dir: Path, *, device: str = "cpu", dtype: str = "float32") -> Target:
@@ -86,6 +109,11 @@ class Target:
             use_cache=True,
         )
         hidden = out.last_hidden_state  # (B, T, D)
+        if self.feature_layers:
+            parts = [hidden, *(self._captured.pop(i) for i in self.feature_layers)]
+            hidden = torch.cat(parts, -1)  # (B, T, F)
         if select is not None:
             hidden = torch.gather(hidden, 1, select[:, :, None].expand(-1, -1, hidden.shape[-1]))
-        return TargetOutput(hidden=hidden, logits=self.lm_head(hidden))
+        d = self.config.hidden_size
+        last = hidden[..., :d] if self.feature_layers else hidden
+        return TargetOutput(hidden=hidden, logits=self.lm_head(last))

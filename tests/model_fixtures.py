@@ -77,11 +77,17 @@ def random_heads(
     draft_vocab_size: int | None = None,
     seed: int = 0,
     scale: float = 0.05,
+    feature_layers: tuple[int, ...] = (),
 ) -> DraftHeads:
     """Untrained heads with random perturbations (not the identity start)."""
     vocab = int(model.config.vocab_size)
     config = HeadConfig.for_target(
-        model, "tiny", kind=kind, num_heads=num_heads, draft_vocab_size=draft_vocab_size or vocab
+        model,
+        "tiny",
+        kind=kind,
+        num_heads=num_heads,
+        draft_vocab_size=draft_vocab_size or vocab,
+        feature_layers=feature_layers,
     )
     heads = DraftHeads.create(config, model)
     generator = torch.Generator().manual_seed(seed)

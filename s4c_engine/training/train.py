@@ -41,6 +41,7 @@ class TrainConfig:
     target_name: str = ""  # default: model_dir's name
     num_heads: int = 4
     num_layers: int = 1
+    feature_layers: tuple[int, ...] = ()  # s4c: decoder layers fused into the heads' input
     draft_vocab_size: int = 8192
     steps: int = 2000
     batch_size: int = 256  # positions per step
@@ -92,7 +93,7 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Batch:
-    """hidden (B, D) fp32; path (B, K) target ids; teacher ids/values (K, B, k); valid (K, B)."""
+    """hidden (B, F) fp32 head input features; path (B, K) target ids; teacher ids/values (K, B, k); valid (K, B)."""
 
     hidden: torch.Tensor
     path: torch.Tensor
@@ -112,8 +113,19 @@ class HeadLosses:
     preds: torch.Tensor
 
 
+def features(data: PositionData, idx: torch.Tensor, layers: tuple[int, ...] = ()) -> torch.Tensor:
+    """The heads' input features at positions `idx`: last hidden state, then `layers`."""
+    if not layers:
+        return data.hidden[idx].float()
+    return torch.cat([data.hidden[idx]] + [data.layers[i][idx] for i in layers], -1).float()
+
+
 def make_batch(
-    data: PositionData, idx: torch.Tensor, num_heads: int, device: str | torch.device = "cpu"
+    data: PositionData,
+    idx: torch.Tensor,
+    num_heads: int,
+    device: str | torch.device = "cpu",
+    layers: tuple[int, ...] = (),
 ) -> Batch:
     """Gather the rows of positions `idx` (B,) onto `device`; each has depth_left >= 2."""
     last = data.num_positions - 1
@@ -122,7 +134,7 @@ def make_batch(
     valid = data.depth_left[idx][None, :] > (steps[1:, None])  # (K, B)
     tgt = rows[:, 1:].T  # (K, B)
     return Batch(
-        hidden=data.hidden[idx].float().to(device),
+        hidden=features(data, idx, layers).to(device),
         path=data.token[rows[:, :num_heads]].to(device),
         teacher_ids=data.topk_ids[tgt].to(device),
         teacher_values=data.topk_values[tgt].float().to(device),
@@ -174,13 +186,17 @@ def depth_weights(num_heads: int, decay: float) -> torch.Tensor:
 def evaluate(heads: DraftHeads, data: PositionData, config: TrainConfig, step: int) -> Evaluation:
     """Per-depth top-1 accuracy on (at most `val_positions` of) the validation split."""
     heads.eval()
-    eligible = torch.nonzero(data.depth_left >= 2).squeeze(1)[: config.val_positions]
+    # Decoding drafts on answers: score answer positions (prompt positions only train).
+    eligible = torch.nonzero((data.depth_left >= 2) & data.is_answer).squeeze(1)
+    eligible = eligible[: config.val_positions]
     k = heads.num_heads
     right, total, chain = (torch.zeros(k, device=config.device) for _ in range(3))
     loss_sum, batches = 0.0, 0
     weights = depth_weights(k, config.depth_decay).to(config.device)
     for start in range(0, len(eligible), 1024):
-        batch = make_batch(data, eligible[start : start + 1024], k, config.device)
+        batch = make_batch(
+            data, eligible[start : start + 1024], k, config.device, config.feature_layers
+        )
         out = head_losses(heads, batch)
         preds = out.preds
         loss_sum += float((out.ce * weights).sum())
@@ -234,7 +250,7 @@ def train_heads(config: TrainConfig) -> TrainResult:
     ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None
     # A resumed run reads exactly the samples it started with (the index is append-only).
     limit = int(ckpt["num_samples"]) if ckpt is not None else config.max_samples
-    splits = load_splits(config.data_dir, config.val_percent, limit)
+    splits = load_splits(config.data_dir, config.val_percent, limit, config.feature_layers)
     num_samples = splits.train.num_samples + splits.val.num_samples
     model = AutoModelForCausalLM.from_pretrained(str(config.model_dir), dtype=torch.float32)
     model.requires_grad_(False)
@@ -247,6 +263,7 @@ def train_heads(config: TrainConfig) -> TrainResult:
         kind=config.kind,
         num_heads=config.num_heads,
         num_layers=config.num_layers,
+        feature_layers=config.feature_layers,
         draft_vocab_size=min(config.draft_vocab_size, int(model.config.vocab_size)),
     )
     vocab = build_draft_vocab(
@@ -286,7 +303,7 @@ def train_heads(config: TrainConfig) -> TrainResult:
     end = config.steps if config.stop_after is None else min(config.steps, config.stop_after)
     for step in range(start_step, end):
         idx = batch_indices(eligible, step, config)
-        batch = make_batch(splits.train, idx, heads.num_heads, config.device)
+        batch = make_batch(splits.train, idx, heads.num_heads, config.device, config.feature_layers)
         noise_gen = torch.Generator().manual_seed(config.seed * 100_003 + step)
         out = head_losses(heads, batch, config.noise, noise_gen)
         loss = (weights * (out.ce + config.feature_weight * out.feature)).sum()
@@ -331,7 +348,12 @@ def train_heads(config: TrainConfig) -> TrainResult:
         evaluation=history[-1],
         draft_vocab_coverage=vocab.coverage,
         val_draft_vocab_coverage=float(
-            (heads.target_to_draft[splits.val.token.to(heads.target_to_draft.device)] >= 0)
+            (
+                heads.target_to_draft[
+                    splits.val.token[splits.val.is_answer].to(heads.target_to_draft.device)
+                ]
+                >= 0
+            )
             .float()
             .mean()
         )

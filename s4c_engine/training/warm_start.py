@@ -24,24 +24,27 @@ def least_squares_projection(
     ridge: float,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Ridge solution W (D, (head+2)D) with W x ~ h_{t+head+1}, from a seeded subsample."""
+    """Ridge solution W (D, F + (head+1)D) with W x ~ h_{t+head+1}, from a seeded subsample;
+    x = [features at t; E(x_{t+1}); ...; E(x_{t+head+1})]."""
     eligible = torch.nonzero(data.depth_left > head + 1).squeeze(1)
     pick = eligible[torch.randperm(len(eligible), generator=generator)[:max_positions]]
     emb = heads.embed_weight.float().cpu()
     d = emb.shape[1]
-    size = (head + 2) * d
+    layers = heads.config.feature_layers
+    size = heads.config.feature_size + (head + 1) * d
     gram = torch.zeros(size, size, dtype=torch.float64)
     cross = torch.zeros(size, d, dtype=torch.float64)
     for start in range(0, len(pick), 4096):
         idx = pick[start : start + 4096]
-        parts = [data.hidden[idx].float()] + [emb[data.token[idx + j]] for j in range(head + 1)]
-        x = torch.cat(parts, -1).double()  # (n, (head+2)D)
+        parts = [data.hidden[idx].float()] + [data.layers[i][idx].float() for i in layers]
+        parts += [emb[data.token[idx + j]] for j in range(head + 1)]
+        x = torch.cat(parts, -1).double()  # (n, size)
         y = data.hidden[idx + head + 1].double()  # (n, D)
         gram += x.T @ x
         cross += x.T @ y
     scale = gram.diagonal().mean() * ridge
     solution = torch.linalg.solve(gram + scale * torch.eye(size, dtype=torch.float64), cross)
-    return solution.T.float()  # (D, (head+2)D)
+    return solution.T.float()  # (D, size)
 
 
 def warm_start(

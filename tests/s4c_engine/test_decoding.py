@@ -81,6 +81,21 @@ def test_speculative_greedy_equals_plain_greedy(
     assert max(taus) > 1.2 and len({round(t, 6) for t in taus}) > 1
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_heads_on_fused_layer_features_are_exact(arch: str) -> None:
+    model = tiny_model(arch, seed=2)
+    target = Target(model)
+    heads = random_heads(model, "s4c", feature_layers=(0, 1))
+    plain = _ids(decode_batch(target, _requests(PROMPTS)))
+    spec = decode_batch(target, _requests(PROMPTS), heads=heads, policy=DYNAMIC, adaptive=False)
+    assert _ids(spec) == plain
+    assert max(o.stats.tau for o in spec) > 1.0
+    # The target captured the layers for the heads and drops them again for plain decoding.
+    assert target.feature_layers == (0, 1)
+    assert _ids(decode_batch(target, _requests(PROMPTS))) == plain
+    assert target.feature_layers == ()
+
+
 def test_identity_start_heads_are_exact_too() -> None:
     model = tiny_model("llama", seed=3)
     target = Target(model)

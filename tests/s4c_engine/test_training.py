@@ -11,10 +11,12 @@ from transformers import GenerationConfig, LlamaForCausalLM
 
 from s4c_engine.heads import DraftHeads
 from s4c_engine.training.data import build_draft_vocab, load_splits
+from s4c_engine.target import Target
 from s4c_engine.training.distill import (
     EncodedPrompt,
-    generate_batch,
+    answer_greedily,
     load_done_ids,
+    teacher_forced,
     write_shard,
 )
 from s4c_engine.training.prompts import TrainPrompt, balanced_mix
@@ -34,9 +36,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+HEADER = 2  # prompt positions before this are not stored (like a chat template's header)
+
+
 @pytest.fixture(scope="module")
 def distilled_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    target = Target.load(tiny_model_dir)
     out = tmp_path_factory.mktemp("distill")
     gen = torch.Generator().manual_seed(1)
     for shard in range(4):
@@ -47,11 +52,35 @@ def distilled_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
             )
             for r in range(8)
         ]
-        result = generate_batch(
-            model, [e.ids for e in items], pad_id=EOS, eos_ids={EOS}, max_new_tokens=24, top_k=8
+        prompts = [e.ids for e in items]
+        answers = answer_greedily(
+            target, prompts, eos_ids={EOS}, max_new_tokens=24, max_batch_size=5
         )
+        # Shard 3 stores answer positions only (start = len(prompt) - 1), like old records.
+        starts = [HEADER if shard < 3 else len(p) - 1 for p in prompts]
+        result = teacher_forced(
+            target.model,
+            [p + a for p, a in zip(prompts, answers)],
+            starts,
+            top_k=8,
+            feature_layers=(0,),
+        )
+        result.answers.extend(answers)
         write_shard(out, f"shard-{shard:06d}.safetensors", items, result)
     return out
+
+
+def test_distilled_answers_are_the_targets_greedy_continuations(
+    tiny_model_dir: Path, distilled_dir: Path
+) -> None:
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    records = [json.loads(x) for x in (distilled_dir / "index.jsonl").read_text().splitlines()]
+    for rec in records[:3]:
+        ids = torch.tensor([rec["prompt_ids"]])
+        out = model.generate(
+            ids, max_new_tokens=24, do_sample=False, eos_token_id=EOS, pad_token_id=EOS
+        )
+        assert out[0, ids.shape[1] :].tolist()[: len(rec["answer_ids"])] == rec["answer_ids"]
 
 
 def test_distilled_states_reproduce_the_targets_logits(
@@ -60,20 +89,31 @@ def test_distilled_states_reproduce_the_targets_logits(
     model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     records = [json.loads(x) for x in (distilled_dir / "index.jsonl").read_text().splitlines()]
     assert len(load_done_ids(distilled_dir)) == 32
-    rec = records[5]
-    ids = torch.tensor([rec["prompt_ids"] + rec["answer_ids"]])
-    with torch.no_grad():
-        out = model(ids, output_hidden_states=True)
-    p, n = len(rec["prompt_ids"]), len(rec["answer_ids"])
-    splits = load_splits(distilled_dir, val_percent=0.0)
+    splits = load_splits(distilled_dir, val_percent=0.0, layers=(0,))
     data = splits.train
-    # Sample 5 starts after the first 5 answers of the train split (all samples are train).
-    start = sum(len(r["answer_ids"]) for r in records[:5])
-    hidden = data.hidden[start : start + n].float()
-    assert torch.allclose(hidden, out.hidden_states[-1][0, p - 1 : p - 1 + n], atol=2e-2)
-    assert data.token[start : start + n].tolist() == rec["answer_ids"]
-    # The target's greedy token is the argmax of the stored top-k logits.
-    assert torch.equal(data.topk_ids[start : start + n, 0], data.token[start : start + n])
+    offset = 0
+    for k, rec in enumerate(records):
+        seq = rec["prompt_ids"] + rec["answer_ids"]
+        start, p = rec["start"], len(rec["prompt_ids"])
+        assert start == (HEADER if k < 24 else p - 1)
+        n = len(seq) - 1 - start
+        if k in (5, 27):  # one record with prompt positions, one with answers only
+            with torch.no_grad():
+                out = model(torch.tensor([seq]), output_hidden_states=True)
+            rows = slice(offset, offset + n)
+            hidden = data.hidden[rows].float()
+            assert torch.allclose(hidden, out.hidden_states[-1][0, start : start + n], atol=2e-2)
+            # hidden_states[1] is the output of decoder layer 0
+            layer0 = data.layers[0][rows].float()
+            assert torch.allclose(layer0, out.hidden_states[1][0, start : start + n], atol=2e-2)
+            assert data.token[rows].tolist() == seq[start + 1 :]
+            assert data.is_answer[rows].tolist() == [j >= p - 1 for j in range(start, start + n)]
+            # On answer positions the stored token is the target's greedy (top-1) token.
+            answer = data.is_answer[rows]
+            top1 = data.topk_ids[rows, 0][answer]
+            assert torch.equal(top1, data.token[rows][answer])
+        offset += n
+    assert offset == data.num_positions
 
 
 def test_draft_vocab_is_most_frequent_first_with_forced_ids() -> None:
@@ -144,3 +184,17 @@ def test_stopped_run_resumes_to_the_same_heads(
     b = DraftHeads.load(resumed.heads_dir, model, "tiny-llama").state_dict()
     for name, tensor in a.items():
         assert torch.allclose(tensor, b[name], atol=1e-6), name
+
+
+def test_s4c_heads_on_fused_layer_features_train_and_round_trip(
+    tiny_model_dir: Path, distilled_dir: Path, tmp_path: Path
+) -> None:
+    config = _config(tiny_model_dir, distilled_dir, tmp_path, "s4c", feature_layers=(0,))
+    result = train_heads(config)
+    assert result.evaluation.loss < result.history[0].loss - 0.05
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    loaded = DraftHeads.load(result.heads_dir, model, "tiny-llama")
+    assert loaded.config.feature_layers == (0,)
+    assert loaded.config.feature_size == 64
+    h = torch.randn(5, 64)
+    assert loaded.head_logits(2, h, torch.randint(0, VOCAB, (5, 3))).shape == (5, 64)
