@@ -53,6 +53,7 @@ class TrainConfig:
     feature_weight: float = 1.0  # weight of the feature-regression term (0 = soft CE only)
     warm_start: bool = True  # least-squares start of the s4c input projections
     noise: float = 0.0  # uniform noise on h_t (EAGLE-style augmentation), 0 = off
+    prompt_positions: bool = True  # also train on prompt positions (answers are always used)
     val_percent: float = 3.0
     max_samples: int | None = None
     val_positions: int = 20_000
@@ -285,7 +286,10 @@ def train_heads(config: TrainConfig) -> TrainResult:
         start_step, elapsed = int(ckpt["step"]), float(ckpt["seconds"])
         history = [Evaluation(**e) for e in ckpt["history"]]
         log.info("resuming %s from step %d", config.kind, start_step)
-    eligible = torch.nonzero(splits.train.depth_left >= 2).squeeze(1)
+    usable = splits.train.depth_left >= 2
+    if not config.prompt_positions:
+        usable &= splits.train.is_answer
+    eligible = torch.nonzero(usable).squeeze(1)
     if len(eligible) == 0:
         raise ValueError(f"no training positions in {config.data_dir}")
     weights = depth_weights(heads.num_heads, config.depth_decay).to(config.device)
