@@ -32,6 +32,12 @@ PathOption = click.Path(path_type=Path)
 @click.option("--model-dir", type=PathOption, default=None, help="Default: the served model.")
 @click.option("--prompts", type=PathOption, default=None, help="Spec-Bench question.jsonl.")
 @click.option("--per-category", type=int, default=None, help="First N prompts per category.")
+@click.option(
+    "--turns", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Turns asked per question: 2 also asks MT-bench's second turn, after each method's "
+    "own first answer (as Spec-Bench). Questions with one turn, and plain JSONL prompts, "
+    "are asked once.",
+)  # fmt: skip
 @click.option("--methods", default="hf,hf-pld,ar,medusa,s4c", show_default=True)
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--batch-sizes", default="1", show_default=True, help="Comma-separated.")
@@ -46,6 +52,7 @@ def bench(
     model_dir: Path | None,
     prompts: Path | None,
     per_category: int | None,
+    turns: int,
     methods: str,
     max_new_tokens: int,
     batch_sizes: str,
@@ -65,6 +72,7 @@ def bench(
             model_dir=model_dir or _settings().resolved_model_dir,
             prompts=prompts,
             per_category=per_category,
+            turns=turns,
             methods=_split(methods),
             max_new_tokens=max_new_tokens,
             batch_sizes=tuple(int(size) for size in _split(batch_sizes)),

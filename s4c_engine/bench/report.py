@@ -1,9 +1,11 @@
 """Benchmark records -> per-method summaries (overall, per category, per batch size) and Markdown.
 
-Torch-free. Throughput is generated tokens / wall seconds summed over the prompts of a group;
-speedups are ratios of those throughputs over the same prompts in the same run; tau is
+Torch-free. A record is one answer: one turn of one prompt by one method. Throughput is
+generated tokens / wall seconds summed over the answers of a group (every turn asked);
+speedups are ratios of those throughputs over the same answers in the same run; tau is
 tokens / target forwards (bonus token included, 1.0 for hf); acceptance per depth is the share
-of steps with a draft at that depth that accepted it.
+of steps with a draft at that depth that accepted it; exact match is the share of answers equal
+to hf's answer to the same turn.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ Record = dict[str, Any]
 
 @dataclass(frozen=True)
 class Summary:
-    prompts: int
+    prompts: int  # distinct prompts
+    answers: int  # (prompt, turn) answers: the records aggregated
     new_tokens: int
     seconds: float
     tokens_per_s: float
@@ -35,7 +38,7 @@ def _rate(tokens: float, seconds: float) -> float:
 
 
 def summarize(records: Sequence[Record], method: str) -> Summary | None:
-    """Summary of `method` over `records` (a group of prompts run by several methods)."""
+    """Summary of `method` over `records` (a group of answers by several methods)."""
     mine = [r for r in records if r["method"] == method]
     if not mine:
         return None
@@ -63,7 +66,8 @@ def summarize(records: Sequence[Record], method: str) -> Summary | None:
         acc.append(took / tried if tried else 0.0)
     flags = [r["exact_match_hf"] for r in mine if r.get("exact_match_hf") is not None]
     return Summary(
-        prompts=len(mine),
+        prompts=len({r["prompt_id"] for r in mine}),
+        answers=len(mine),
         new_tokens=sum(r["new_tokens"] for r in mine),
         seconds=sum(r["seconds"] for r in mine),
         tokens_per_s=tps,
@@ -96,11 +100,22 @@ def summarize_methods(records: Sequence[Record], methods: Sequence[str]) -> dict
     return out
 
 
+def summarize_turns(records: Sequence[Record], asked: int) -> dict[str, Any]:
+    """How many turns were run: the `--turns` asked and the answers per turn (each method
+    answers the same turns, so these count one method's records)."""
+    first = records[0]["method"] if records else None
+    per_turn: dict[str, int] = {}
+    for r in records:
+        if r["method"] == first:
+            per_turn[str(r["turn"])] = per_turn.get(str(r["turn"]), 0) + 1
+    return {"asked": asked, "answers_per_turn": per_turn}
+
+
 def summarize_batches(
-    batch_records: Sequence[Record], reference: dict[str, tuple[int, ...]]
+    batch_records: Sequence[Record], reference: dict[tuple[str, int], tuple[int, ...]]
 ) -> dict[str, Any]:
     """Issue 5's `batches` section: per batch size and method, throughput, latency, tree size
-    and exact match against the batch-1 reference outputs (`reference[prompt_id]`)."""
+    and exact match against the batch-1 reference outputs (`reference[(prompt_id, turn)]`)."""
     out: dict[str, Any] = {}
     for size in sorted({r["batch_size"] for r in batch_records}):
         at = [r for r in batch_records if r["batch_size"] == size]
@@ -112,9 +127,9 @@ def summarize_batches(
             seconds = _batch_seconds(rows)
             tps = _rate(sum(r["new_tokens"] for r in rows), seconds)
             same = [
-                tuple(r["tokens"]) == reference[r["prompt_id"]]
+                tuple(r["tokens"]) == reference[key]
                 for r in rows
-                if r["prompt_id"] in reference
+                if (key := (r["prompt_id"], r["turn"])) in reference
             ]
             nodes = [r["tree_nodes"] for r in rows if r.get("tree_nodes") is not None]
             entry[m] = {
@@ -141,10 +156,22 @@ def _fmt(x: float | None, pattern: str = "{:.2f}") -> str:
     return "–" if x is None else pattern.format(x)
 
 
+def turns_line(turns: dict[str, Any]) -> str:
+    """'Turns asked: 2; 35 answers to 30 prompts (turn 1: 30, turn 2: 5).'"""
+    per_turn = turns["answers_per_turn"]
+    counts = ", ".join(f"turn {t}: {n}" for t, n in per_turn.items())
+    prompts = per_turn.get("1", 0)
+    return (
+        f"Turns asked: {turns['asked']}; {sum(per_turn.values())} answers to {prompts} prompts "
+        f"({counts})."
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """The overall table, a per-category speedup table and the batch table."""
+    """How many turns ran, the overall table, a per-category speedup table and the batch table."""
     methods = report["methods"]
-    lines = [
+    lines = [turns_line(report["turns"]), ""] if "turns" in report else []
+    lines += [
         "| method | tok/s | speedup vs hf | speedup vs ar | τ | acceptance per depth "
         "| exact match | peak RSS MiB |",
         "|---|---:|---:|---:|---:|---|---:|---:|",

@@ -1,7 +1,8 @@
 """Run the benchmark: load the methods once, warm up, then run them interleaved prompt by prompt.
 
 `run_bench(config)` returns the JSON-ready report (summaries + every record); `cli_main`
-runs it, writes the JSON file and the Markdown table. Batch sizes above 1 rerun the same
+runs it, writes the JSON file and the Markdown table. With `turns` > 1 each method answers a
+question's later turns after its own earlier answers. Batch sizes above 1 rerun the same
 prompts in batches for the methods in `batch_methods` (issue 5's `batches` section).
 """
 
@@ -27,7 +28,14 @@ from s4c_engine.bench.prompts import (
     first_per_category,
     read_bench_prompts,
 )
-from s4c_engine.bench.report import Record, markdown, summarize_batches, summarize_methods
+from s4c_engine.bench.report import (
+    Record,
+    markdown,
+    summarize_batches,
+    summarize_methods,
+    summarize_turns,
+)
+from s4c_engine.config import ChatMessage
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +46,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One benchmark run (BENCHMARK.md). `prompts` None = Spec-Bench beside the repo."""
+    """One benchmark run (BENCHMARK.md). `prompts` None = Spec-Bench beside the repo.
+
+    `turns` caps the turns asked per question (Spec-Bench's MT-bench rows have 2, the other
+    rows and plain JSONL prompts 1, so they are asked once whatever `turns` says).
+    """
 
     model_dir: Path
     prompts: Path | None = None
     per_category: int | None = None
+    turns: int = 1
     methods: tuple[str, ...] = ALL_METHODS
     max_new_tokens: int = 128
     batch_sizes: tuple[int, ...] = (1,)
@@ -62,14 +75,21 @@ class BenchConfig:
             raise ValueError(f"unknown methods {unknown}; choose from {', '.join(ALL_METHODS)}")
         if any(b < 1 for b in self.batch_sizes):
             raise ValueError("batch sizes must be >= 1")
+        if self.turns < 1:
+            raise ValueError("turns must be >= 1")
 
 
 @dataclass(frozen=True)
 class Loaded:
-    """The methods, built once: runner per name, the tokenizer side and the HF model."""
+    """The methods, built once: runner per name, the tokenizer side and the HF model.
+
+    `encode` renders a chat with the model's template (generation prompt appended); `decode`
+    turns an answer's ids back into the text a later turn quotes.
+    """
 
     runners: dict[str, MethodRunner]
-    encode: Callable[[str], list[int]]
+    encode: Callable[[tuple[ChatMessage, ...]], list[int]]
+    decode: Callable[[Sequence[int]], str]
     eos_ids: frozenset[int]
     hf_model: torch.nn.Module
     engine_methods: dict[str, str] = field(default_factory=dict)  # asked -> effective
@@ -79,7 +99,7 @@ def load_methods(config: BenchConfig, methods: Sequence[str]) -> Loaded:
     """Load the HF model, the engines (one per head kind) and the prompt codec."""
     from transformers import AutoModelForCausalLM
 
-    from s4c_engine.config import ChatMessage, Prompt
+    from s4c_engine.config import Prompt
     from s4c_engine.prompting import PromptCodec
 
     codec = PromptCodec.load(config.model_dir)
@@ -124,16 +144,36 @@ def load_methods(config: BenchConfig, methods: Sequence[str]) -> Loaded:
             effective[name] = name if name == "ar" else str(engine.method)
             runners[name] = EngineRunner(name, engine, name, eos, m)
 
-    def encode(text: str) -> list[int]:
-        return codec.encode(Prompt(messages=(ChatMessage("user", text),)))
+    def encode(messages: tuple[ChatMessage, ...]) -> list[int]:
+        return codec.encode(Prompt(messages=messages))
 
-    return Loaded(runners, encode, eos, model, effective)
+    def decode(ids: Sequence[int]) -> str:
+        # As Spec-Bench (FastChat): special tokens dropped, surrounding whitespace stripped.
+        return codec.decode(ids).strip()
+
+    return Loaded(runners, encode, decode, eos, model, effective)
+
+
+def conversation(p: BenchPrompt, answers: Sequence[str]) -> tuple[ChatMessage, ...]:
+    """The chat that asks `p`'s next turn: [user t1, assistant a1, ..., user t(k+1)] for the
+    k = len(answers) answers given so far. IndexError if `p` has no turn k+1."""
+    messages: list[ChatMessage] = []
+    for question, answer in zip(p.turns, answers):
+        messages += [ChatMessage("user", question), ChatMessage("assistant", answer)]
+    return (*messages, ChatMessage("user", p.turns[len(answers)]))
+
+
+def turns_asked(p: BenchPrompt, turns: int) -> int:
+    """How many of `p`'s turns a run with `--turns turns` asks."""
+    return min(turns, len(p.turns))
 
 
 def divergence(
     model: torch.nn.Module, prompt: list[int], ref: tuple[int, ...], got: tuple[int, ...]
 ) -> dict[str, Any]:
-    """Where `got` first differs from the reference and the target's top-2 logit margin there."""
+    """Where `got` first differs from the reference and the target's top-2 logit margin there,
+    both continuing `prompt` (the method's own prompt: on a later turn it quotes the method's
+    earlier answers, which may already differ from the reference's)."""
     pos = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
     ids = torch.tensor([prompt + list(ref[:pos])], device=next(model.parameters()).device)
     with torch.inference_mode():
@@ -152,6 +192,7 @@ def divergence(
 
 def _record(
     p: BenchPrompt,
+    turn: int,
     method: str,
     prompt_ids: list[int],
     g: Generated,
@@ -161,6 +202,7 @@ def _record(
     n = len(g.tokens)
     return {
         "prompt_id": p.id,
+        "turn": turn,
         "category": p.category,
         "subcategory": p.subcategory,
         "method": method,
@@ -179,6 +221,64 @@ def _record(
     }
 
 
+def run_interleaved(
+    loaded: Loaded, prompts: list[BenchPrompt], methods: list[str], turns: int, bar: tqdm
+) -> list[Record]:
+    """Batch 1: every method on each prompt in turn (A B A B ...), then on its next turn,
+    each method after its own earlier answers. One record per (prompt, turn, method), with
+    exact match against hf's answer to the same turn when hf runs."""
+    records: list[Record] = []
+    index = 0  # one per (prompt, turn): a batch of one
+    for p in prompts:
+        answers: dict[str, list[str]] = {m: [] for m in methods}
+        for turn in range(1, turns_asked(p, turns) + 1):
+            asked = {m: loaded.encode(conversation(p, answers[m])) for m in methods}
+            outs: dict[str, Generated] = {}
+            for m in methods:
+                bar.set_postfix(method=m, prompt=p.id, turn=turn)
+                outs[m] = loaded.runners[m].run([asked[m]])[0]
+                bar.update(1)
+            for m, g in outs.items():
+                answers[m].append(loaded.decode(g.tokens))
+                rec = _record(p, turn, m, asked[m], g, 1, index)
+                if "hf" in outs:
+                    ref = outs["hf"].tokens
+                    rec["exact_match_hf"] = g.tokens == ref
+                    if g.tokens != ref:
+                        rec["divergence"] = divergence(loaded.hf_model, asked[m], ref, g.tokens)
+                records.append(rec)
+            index += 1
+    return records
+
+
+def run_batches(
+    loaded: Loaded,
+    prompts: list[BenchPrompt],
+    methods: list[str],
+    turns: int,
+    size: int,
+    progress: bool,
+) -> list[Record]:
+    """The same prompts in batches of `size`, methods interleaved batch by batch; turn k+1
+    is batched after every turn k, each method continuing from its own answers of this run."""
+    records: list[Record] = []
+    answers: dict[str, list[list[str]]] = {m: [[] for _ in prompts] for m in methods}
+    index = 0
+    for turn in range(1, turns + 1):
+        asking = [j for j, p in enumerate(prompts) if turns_asked(p, turns) >= turn]
+        chunks = [asking[s : s + size] for s in range(0, len(asking), size)]
+        desc = f"batch {size}" + (f" turn {turn}" if turns > 1 else "")
+        for chunk in tqdm(chunks, desc=desc, disable=not progress):
+            for m in methods:
+                asked = [loaded.encode(conversation(prompts[j], answers[m][j])) for j in chunk]
+                outs = loaded.runners[m].run(asked)
+                for j, prompt_ids, g in zip(chunk, asked, outs):
+                    answers[m][j].append(loaded.decode(g.tokens))
+                    records.append(_record(prompts[j], turn, m, prompt_ids, g, size, index))
+            index += 1
+    return records
+
+
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Measure every method on every prompt (batch 1, interleaved), then the batch sizes."""
     if config.threads:
@@ -189,51 +289,31 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     batch_sizes = sorted(set(config.batch_sizes))
     batch_methods = [m for m in config.batch_methods if m in methods and m != "hf-pld"]
     loaded = load_methods(config, methods)
-    ids = [loaded.encode(p.turns[0]) for p in prompts]
 
+    runs = sum(turns_asked(p, config.turns) for p in prompts)
     bar = tqdm(
-        total=len(methods) * (len(prompts) + 1),
-        desc="bench",
-        unit="run",
-        disable=not config.progress,
+        total=len(methods) * (runs + 1), desc="bench", unit="run", disable=not config.progress
     )
+    warm_up = loaded.encode(conversation(prompts[0], ()))
     for m in methods:  # warm-up: one prompt through every method, not recorded
-        loaded.runners[m].run([ids[0]])
+        loaded.runners[m].run([warm_up])
         bar.update(1)
-    records: list[Record] = []
-    for i, (p, prompt_ids) in enumerate(zip(prompts, ids)):
-        outs: dict[str, Generated] = {}
-        for m in methods:
-            bar.set_postfix(method=m, prompt=p.id)
-            outs[m] = loaded.runners[m].run([prompt_ids])[0]
-            bar.update(1)
-        for m, g in outs.items():
-            rec = _record(p, m, prompt_ids, g, 1, i)
-            if "hf" in outs:
-                ref = outs["hf"].tokens
-                rec["exact_match_hf"] = g.tokens == ref
-                if g.tokens != ref:
-                    rec["divergence"] = divergence(loaded.hf_model, prompt_ids, ref, g.tokens)
-            records.append(rec)
+    records = run_interleaved(loaded, prompts, methods, config.turns, bar)
     bar.close()
 
+    ref_method = "hf" if "hf" in methods else methods[0]
     reference = {
-        r["prompt_id"]: tuple(r["tokens"])
+        (r["prompt_id"], r["turn"]): tuple(r["tokens"])
         for r in records
-        if r["method"] == ("hf" if "hf" in methods else methods[0])
+        if r["method"] == ref_method
     }
     batch_records = (
         [dict(r) for r in records if r["method"] in batch_methods] if (1 in batch_sizes) else []
     )
     for size in [b for b in batch_sizes if b > 1]:
-        chunks = [list(range(s, min(s + size, len(prompts)))) for s in range(0, len(prompts), size)]
-        for index, chunk in enumerate(
-            tqdm(chunks, desc=f"batch {size}", disable=not config.progress)
-        ):
-            for m in batch_methods:  # interleaved batch by batch
-                outs = loaded.runners[m].run([ids[j] for j in chunk])
-                for j, g in zip(chunk, outs):
-                    batch_records.append(_record(prompts[j], m, ids[j], g, size, index))
+        batch_records += run_batches(
+            loaded, prompts, batch_methods, config.turns, size, config.progress
+        )
 
     return {
         "command": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
@@ -248,6 +328,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             "dtype": config.dtype,
         },
         "engine_methods": loaded.engine_methods,
+        "turns": summarize_turns(records, config.turns),
         "methods": summarize_methods(records, methods),
         "batches": summarize_batches(batch_records, reference) if batch_records else {},
         "records": records + [r for r in batch_records if r["batch_size"] > 1],

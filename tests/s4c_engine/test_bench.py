@@ -18,7 +18,9 @@ from s4c_engine.bench.prompts import (
 )
 from s4c_engine.bench.report import markdown
 from s4c_engine.bench.runner import REPO_ROOT, BenchConfig, cli_main
+from s4c_engine.config import ChatMessage, Prompt
 from s4c_engine.heads import DraftHeads, HeadConfig
+from s4c_engine.prompting import PromptCodec
 from tests.model_fixtures import tiny_model
 
 SPECIAL = ["<unk>", "<|im_start|>", "<|im_end|>"]
@@ -133,3 +135,95 @@ def test_bench_runs_every_method_and_reports_issue_shapes(
     table = capsys.readouterr().out
     assert table == markdown(saved)
     assert "| s4c |" in table and "| 2 | s4c |" in table
+
+
+def test_second_turn_follows_each_methods_own_first_answer(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = tmp_path / "turns.jsonl"
+    rows = [
+        {
+            "question_id": 81,
+            "category": "writing",
+            "turns": ["write a poem.", "now make it short."],
+        },
+        {"question_id": 82, "category": "math", "turns": ["what is 1 and 2?", "and 3 and 4?"]},
+        {"question_id": 83, "category": "qa", "turns": ["who is he?"]},
+    ]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = cli_main(
+        BenchConfig(
+            model_dir=tiny_dir,
+            prompts=prompts,
+            turns=2,
+            methods=("hf", "ar", "s4c"),
+            max_new_tokens=10,
+            batch_sizes=(1, 2),
+            batch_methods=("hf", "s4c"),
+            s4c_heads=tiny_dir.parent / "heads-s4c",
+            progress=False,
+        )
+    )
+    records = [r for r in report["records"] if r["batch_size"] == 1]
+    assert [(r["prompt_id"], r["turn"]) for r in records if r["method"] == "hf"] == [
+        ("81", 1),
+        ("81", 2),
+        ("82", 1),
+        ("82", 2),
+        ("83", 1),
+    ]
+    # Methods interleave within each turn: hf ar s4c, hf ar s4c, ...
+    assert [r["method"] for r in records] == ["hf", "ar", "s4c"] * 5
+    codec = PromptCodec.load(tiny_dir)
+    for first, second in ((records[0], records[3]), (records[6], records[9])):
+        assert (first["turn"], second["turn"]) == (1, 2) and first["method"] == second["method"]
+        question = next(r["turns"] for r in rows if str(r["question_id"]) == first["prompt_id"])
+        answer = codec.decode(first["tokens"]).strip()
+        chat = (
+            ChatMessage("user", question[0]),
+            ChatMessage("assistant", answer),
+            ChatMessage("user", question[1]),
+        )
+        # The second turn's prompt is the chat with the method's own first answer in it.
+        assert second["prompt_tokens"] == codec.count_tokens(Prompt(messages=chat))
+        assert second["prompt_tokens"] > first["prompt_tokens"] + first["new_tokens"]
+    assert all(r["exact_match_hf"] for r in records)
+    for name, summary in report["methods"].items():
+        overall = summary["overall"]
+        mine = [r for r in records if r["method"] == name]
+        assert (overall["prompts"], overall["answers"]) == (3, 5)
+        assert overall["new_tokens"] == sum(r["new_tokens"] for r in mine)
+        assert overall["new_tokens"] > sum(r["new_tokens"] for r in mine if r["turn"] == 1)
+        assert overall["exact_match"] == 1.0
+    assert report["turns"] == {"asked": 2, "answers_per_turn": {"1": 3, "2": 2}}
+    batched = [r for r in report["records"] if r["batch_size"] == 2]
+    assert sorted((r["prompt_id"], r["turn"]) for r in batched if r["method"] == "s4c") == [
+        ("81", 1),
+        ("81", 2),
+        ("82", 1),
+        ("82", 2),
+        ("83", 1),
+    ]
+    assert report["batches"]["2"]["s4c"]["exact_match"] == 1.0
+    assert report["batches"]["2"]["hf"]["rows"] == 5
+    table = capsys.readouterr().out
+    assert table.startswith("Turns asked: 2; 5 answers to 3 prompts (turn 1: 3, turn 2: 2).")
+
+
+def test_plain_prompts_have_one_turn_whatever_turns_asks(tiny_dir: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "plain.jsonl"
+    prompts.write_text(json.dumps({"id": "p", "category": "c", "prompt": "hello?"}) + "\n")
+    report = cli_main(
+        BenchConfig(
+            model_dir=tiny_dir,
+            prompts=prompts,
+            turns=2,
+            methods=("hf",),
+            max_new_tokens=4,
+            progress=False,
+        )
+    )
+    assert [r["turn"] for r in report["records"]] == [1]
+    assert report["turns"] == {"asked": 2, "answers_per_turn": {"1": 1}}
+    with pytest.raises(ValueError, match="turns"):
+        BenchConfig(model_dir=tiny_dir, turns=0)
