@@ -10,8 +10,8 @@ import torch
 from transformers import GenerationConfig, LlamaForCausalLM
 
 from s4c_engine.heads import DraftHeads
-from s4c_engine.training.data import build_draft_vocab, load_splits
 from s4c_engine.target import Target
+from s4c_engine.training.data import build_draft_vocab, load_splits
 from s4c_engine.training.distill import (
     EncodedPrompt,
     answer_greedily,
