@@ -46,6 +46,8 @@ class Baseline(Shape):
     tokens_per_second: float | None
     sample_tokens_per_second: float | None
     speedup: float | None
+    plain_runs: int | None
+    sample_runs: int | None
     greedy_checked: int | None
     greedy_matched: int | None
 

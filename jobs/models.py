@@ -281,8 +281,8 @@ class JobStats(Base):
     acceptance: Mapped[dict[str, list[int]] | None] = mapped_column(JSONType)
     tree_sizes: Mapped[list[int] | None] = mapped_column(JSONType)
     batch_sizes: Mapped[list[int] | None] = mapped_column(JSONType)
-    # raw sums: tokens/seconds of the plain-decoding re-run and of the same sample speculative,
-    # greedy_checked / greedy_matched
+    # raw sums (jobs.stats.BASELINE_KEYS): tokens/seconds of the plain-decoding re-runs and of
+    # the job's method on the same sample, how many runs of each, greedy_checked / _matched
     baseline: Mapped[dict[str, float] | None] = mapped_column(JSONType)
 
     job: Mapped[Job] = relationship(back_populates="stats")

@@ -71,16 +71,22 @@ def fold_outcomes(
         _fold_baseline(stats, baseline)
 
 
+# The raw sums kept in `JobStats.baseline`, one per `BaselineRun` field.
+BASELINE_KEYS = (
+    "sample_size",
+    "tokens",
+    "seconds",
+    "sample_tokens",
+    "sample_seconds",
+    "greedy_checked",
+    "greedy_matched",
+    "plain_runs",
+    "sample_runs",
+)
+
+
 def _fold_baseline(stats: JobStats, run: BaselineRun) -> None:
-    keys = (
-        "sample_size",
-        "tokens",
-        "seconds",
-        "sample_tokens",
-        "sample_seconds",
-        "greedy_checked",
-        "greedy_matched",
-    )
+    keys = BASELINE_KEYS
     total = dict.fromkeys(keys, 0.0) | dict(stats.baseline or {})
     for key in keys:
         total[key] = total[key] + getattr(run, key)
@@ -122,7 +128,14 @@ def stats_view(stats: JobStats) -> dict[str, Any]:
             if measured
             else None,
             "speedup": stats.speedup,
+            "plain_runs": _count(raw, "plain_runs") if measured else None,
+            "sample_runs": _count(raw, "sample_runs") if measured else None,
             "greedy_checked": int(raw["greedy_checked"]) if measured else None,
             "greedy_matched": int(raw["greedy_matched"]) if measured else None,
         },
     }
+
+
+def _count(raw: dict[str, float], key: str) -> int | None:
+    # Jobs measured before run counts were kept have none: unknown, not zero.
+    return int(raw[key]) if key in raw else None

@@ -82,10 +82,13 @@ class RequestOutcome:
 
 @dataclass(frozen=True)
 class BaselineRun:
-    """A measured comparison on the same requests, device and batch size.
+    """A bracketed comparison on the same requests, device and batch size.
 
-    `tokens`/`seconds`: the plain-decoding (`ar`) re-run; `sample_tokens`/`sample_seconds`:
-    the job's own method on the same requests. Greedy requests are compared token for token.
+    The job's method ran the sample, then plain decoding (`ar`), then the job's method again
+    (A-B-A), so a machine that speeds up or slows down during the measurement moves both sides
+    alike. `tokens`/`seconds`: the `plain_runs` plain runs; `sample_tokens`/`sample_seconds`:
+    the job's method summed over its `sample_runs` runs. A greedy request is matched when every
+    run of the job's method equals the plain output token for token.
     """
 
     sample_size: int
@@ -95,6 +98,8 @@ class BaselineRun:
     sample_seconds: float
     greedy_checked: int
     greedy_matched: int
+    plain_runs: int
+    sample_runs: int
 
 
 @dataclass(frozen=True)

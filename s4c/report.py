@@ -80,6 +80,13 @@ def _number(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _runs(method: Any, runs: Any) -> str:
+    """Which method ran the baseline sample how often, as " (s4c, 2 runs)"; "" if unknown."""
+    if not runs:
+        return ""
+    return f" ({method or '?'}, {runs} run{'s' if runs != 1 else ''})"
+
+
 def _sequence(values: Sequence[Any] | None, digits: int = 2) -> str:
     if not values:
         return "-"
@@ -104,7 +111,20 @@ def format_stats(stats: Mapping[str, Any]) -> str:
     baseline = stats.get("baseline") or {}
     if baseline:
         if baseline.get("measured"):
-            rows.append(("baseline tokens/s", _number(baseline.get("tokens_per_second"))))
+            rows.append(
+                (
+                    "baseline tokens/s",
+                    _number(baseline.get("tokens_per_second"))
+                    + _runs("ar", baseline.get("plain_runs")),
+                )
+            )
+            rows.append(
+                (
+                    "sample tokens/s",
+                    _number(baseline.get("sample_tokens_per_second"))
+                    + _runs(stats.get("method"), baseline.get("sample_runs")),
+                )
+            )
             speedup = baseline.get("speedup")
             rows.append(("measured speedup", f"{speedup:.2f}x" if speedup else "-"))
             rows.append(("baseline sample size", _number(baseline.get("sample_size"))))

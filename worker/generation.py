@@ -1,10 +1,9 @@
 """Running one chunk: claim its lease, generate its requests as a batch, record the results.
 
-A failing request is isolated (the batch is re-run without it, or one request at a time) so
-it gets an error result while the rest complete. A chunk that keeps killing its worker is run
-one request at a time, and past `max_attempts` its first unfinished request is failed. The
-measured baseline re-runs a whole chunk with plain decoding at the same batch size.
-Database work happens in short transactions; none is held open while the model runs.
+A failing request is isolated (the batch is re-run without it, or one by one) so it gets an
+error result while the rest complete; a chunk that keeps killing its worker runs one request at
+a time, and past `max_attempts` its first unfinished request fails. The baseline brackets a
+plain re-run of a chunk between two runs of the job's method. No transaction spans a model run.
 """
 
 from __future__ import annotations
@@ -16,22 +15,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import store
-from jobs.chunks import is_job_runnable
 from jobs.db import transaction
 from jobs.models import ResultStatus
 from jobs.settings import Settings
 from jobs.types import BaselineRun, ChunkOutcome, Claim, RequestOutcome
 from s4c_engine.config import GenerationResult, Method, Prompt, SamplingParams
 from s4c_engine.errors import PromptError
+from worker.lease_guard import LeaseGuard
 from worker.metrics import record_chunk
 
 log = logging.getLogger(__name__)
-
-CANCEL_CHECK_SECONDS = 1.0
 
 
 class GenerationEngine(Protocol):
@@ -66,58 +62,6 @@ class ChunkReport:
     chunk_id: int
     outcome: Literal["skipped", "recorded", "handed_back", "lease_lost"]
     results: int = 0
-
-
-class LeaseGuard:
-    """The engine's `should_stop`: heartbeats the lease and watches for cancel and shutdown.
-
-    Database checks are throttled; a database outage is logged, not raised into the engine
-    (the lease then simply expires and the fence keeps late writes out).
-    """
-
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        claim: Claim,
-        settings: Settings,
-        shutdown: threading.Event | None,
-    ) -> None:
-        self.sessions = sessions
-        self.claim = claim
-        self.lease_seconds = settings.lease_seconds
-        self.heartbeat_every = max(0.5, settings.lease_seconds / 4)
-        self.shutdown = shutdown
-        self.lost = False
-        self.cancelled = False
-        self.shutting_down = False
-        self._last_heartbeat = time.monotonic()
-        self._last_cancel_check = time.monotonic()
-
-    @property
-    def stopped(self) -> bool:
-        return self.lost or self.cancelled or self.shutting_down
-
-    def should_stop(self) -> bool:
-        if self.shutdown is not None and self.shutdown.is_set():
-            self.shutting_down = True
-        now = time.monotonic()
-        beat = now - self._last_heartbeat >= self.heartbeat_every
-        check = now - self._last_cancel_check >= CANCEL_CHECK_SECONDS
-        if beat or check:
-            self._check(beat)
-        return self.stopped
-
-    def _check(self, beat: bool) -> None:
-        try:
-            with transaction(self.sessions) as session:
-                if beat:
-                    self._last_heartbeat = time.monotonic()
-                    held = store.heartbeat(session, self.claim, lease_seconds=self.lease_seconds)
-                    self.lost = self.lost or not held
-                self._last_cancel_check = time.monotonic()
-                self.cancelled = self.cancelled or not is_job_runnable(session, self.claim.job_id)
-        except SQLAlchemyError:
-            log.warning("chunk %s: database unreachable for heartbeat", self.claim.chunk_id)
 
 
 def run_chunk(
@@ -234,6 +178,22 @@ def generate_isolating_failures(
         return isolated
 
 
+@dataclass(frozen=True)
+class TimedRun:
+    """One uninterrupted engine run over a whole sample: results in request order, wall time."""
+
+    results: Sequence[GenerationResult]
+    seconds: float
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(r.token_ids) for r in self.results)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
 def measure_baseline(
     engine: GenerationEngine,
     pending: Sequence[PendingRequest],
@@ -241,34 +201,74 @@ def measure_baseline(
     seconds: float,
     guard: LeaseGuard,
 ) -> BaselineRun | None:
-    """Re-run the same requests with plain decoding (same device, same batch) and compare.
+    """Bracket a plain-decoding re-run between two runs of the job's method and compare.
 
-    None when the re-run was interrupted or failed: an unmeasured baseline is left unknown.
+    `runs` and `seconds` are the chunk's own run of `pending` (A); the same requests are then
+    re-run with plain decoding (B) and with the job's method again (A), each as one batch on
+    the same device, so drift in the machine's speed moves both sides alike. None when a
+    re-run was interrupted or failed: an unmeasured baseline is left unknown.
     """
+    first = TimedRun([runs[r.index] for r in pending], seconds)
+    plain = _rerun(engine, pending, "ar", guard)
+    if plain is None:
+        return None
+    again = _rerun(engine, pending, None, guard)
+    if again is None:
+        return None
+    greedy = [i for i, r in enumerate(pending) if r.params.is_greedy]
+    matched = sum(
+        first.results[i].token_ids == plain.results[i].token_ids == again.results[i].token_ids
+        for i in greedy
+    )
+    log.info(
+        "chunk %s baseline: %s %.1f tok/s, ar %.1f tok/s, %s again %.1f tok/s; greedy %d/%d equal",
+        guard.claim.chunk_id,
+        engine.method,
+        first.tokens_per_second,
+        plain.tokens_per_second,
+        engine.method,
+        again.tokens_per_second,
+        matched,
+        len(greedy),
+    )
+    return BaselineRun(
+        sample_size=len(pending),
+        tokens=plain.tokens,
+        seconds=plain.seconds,
+        sample_tokens=first.tokens + again.tokens,
+        sample_seconds=first.seconds + again.seconds,
+        greedy_checked=len(greedy),
+        greedy_matched=matched,
+        plain_runs=1,
+        sample_runs=2,
+    )
+
+
+def _rerun(
+    engine: GenerationEngine,
+    pending: Sequence[PendingRequest],
+    method: Method | None,
+    guard: LeaseGuard,
+) -> TimedRun | None:
+    """Run all of `pending` as one batch with `method` (None: the engine's own); None when the
+    run failed or was stopped."""
     started = time.perf_counter()
     try:
-        plain = engine.generate(
+        results = engine.generate(
             [r.prompt for r in pending],
             [r.params for r in pending],
-            method="ar",
+            method=method,
             should_stop=guard.should_stop,
         )
     except Exception:  # the baseline is a measurement; it must never fail the chunk
-        log.exception("baseline re-run failed; leaving the baseline unmeasured")
+        log.exception(
+            "baseline re-run (%s) failed; leaving the baseline unmeasured", method or engine.method
+        )
         return None
-    plain_seconds = time.perf_counter() - started
-    if guard.stopped or any(p.finish_reason == "cancelled" for p in plain):
+    seconds = time.perf_counter() - started
+    if guard.stopped or any(r.finish_reason == "cancelled" for r in results):
         return None
-    greedy = [(runs[r.index], p) for r, p in zip(pending, plain, strict=True) if r.params.is_greedy]
-    return BaselineRun(
-        sample_size=len(pending),
-        tokens=sum(len(p.token_ids) for p in plain),
-        seconds=plain_seconds,
-        sample_tokens=sum(len(runs[r.index].token_ids) for r in pending),
-        sample_seconds=seconds,
-        greedy_checked=len(greedy),
-        greedy_matched=sum(spec.token_ids == p.token_ids for spec, p in greedy),
-    )
+    return TimedRun(results, seconds)
 
 
 def _outcome(

@@ -132,7 +132,7 @@ def test_statistics_aggregate_over_chunks_with_a_measured_baseline(db_session: S
     assert claim is not None
     baseline = BaselineRun(
         sample_size=2, tokens=8, seconds=2.0, sample_tokens=8, sample_seconds=1.0,
-        greedy_checked=2, greedy_matched=2,
+        greedy_checked=2, greedy_matched=2, plain_runs=1, sample_runs=2,
     )  # fmt: skip
     store.record_chunk_results(
         db_session, claim, ChunkOutcome(_succeeded(db_session, claim), 1.0, "s4c", baseline)
@@ -157,6 +157,8 @@ def test_statistics_aggregate_over_chunks_with_a_measured_baseline(db_session: S
         "tokens_per_second": 4.0,
         "sample_tokens_per_second": 8.0,
         "speedup": 2.0,
+        "plain_runs": 1,
+        "sample_runs": 2,
         "greedy_checked": 2,
         "greedy_matched": 2,
     }

@@ -32,7 +32,7 @@ def _run_job(session: Session, category: str) -> str:
         RequestOutcome(r.input_index, r.custom_id, ResultStatus.SUCCEEDED, "x", "length", stats)
         for r in store.pending_requests(session, claim)
     ]
-    baseline = BaselineRun(2, 16, 4.0, 16, 2.0, 2, 2)
+    baseline = BaselineRun(2, 16, 4.0, 16, 2.0, 2, 2, 1, 2)
     assert store.record_chunk_results(session, claim, ChunkOutcome(outcomes, 2.0, "s4c", baseline))
     return job.id
 

@@ -4,6 +4,9 @@ a real PostgreSQL database and a real Redis; no Celery worker involved."""
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,9 @@ from jobs.db import transaction
 from jobs.models import Chunk, ChunkState, Job, JobStatus, Result, ResultStatus, utcnow
 from jobs.settings import Settings
 from jobs.types import NewJob, NewRequest
-from s4c_engine.config import ChatMessage, Prompt, SamplingParams
+from s4c_engine.config import ChatMessage, GenerationResult, Method, Prompt, SamplingParams
 from worker.generation import run_chunk
+from worker.lease_guard import CANCEL_CHECK_SECONDS
 from worker.sweep import sweep_once
 
 
@@ -94,8 +98,159 @@ def test_chunks_complete_the_job_with_stats_and_a_measured_baseline(
     baseline = stats["baseline"]
     assert baseline["measured"] and baseline["sample_size"] == 6
     assert baseline["tokens_per_second"] > 0 and baseline["speedup"] > 0
+    assert baseline["sample_tokens_per_second"] > 0
+    # each chunk: its own run, the plain re-run, a second run of the job's method
+    assert baseline["plain_runs"] == 2 and baseline["sample_runs"] == 4
     # greedy speculative decoding is lossless: the plain re-run produced the same tokens
     assert baseline["greedy_checked"] == 6 and baseline["greedy_matched"] == 6
+
+
+class RecordingEngine:
+    """The real engine, recording the method of each `generate` call; `before_call(n)` runs
+    before the n-th call (1-based) and `after_call(n, results)` may change what it returns."""
+
+    def __init__(
+        self,
+        engine: Any,
+        before_call: Callable[[int], None] | None = None,
+        after_call: Callable[[int, list[GenerationResult]], list[GenerationResult]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.before_call = before_call
+        self.after_call = after_call
+        self.methods: list[str] = []
+
+    @property
+    def method(self) -> str:
+        return str(self.engine.method)
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: Sequence[SamplingParams],
+        *,
+        method: Method | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[GenerationResult]:
+        self.methods.append(method or self.method)
+        if self.before_call is not None:
+            self.before_call(len(self.methods))
+        results: list[GenerationResult] = self.engine.generate(
+            prompts, params, method=method, should_stop=should_stop
+        )
+        if self.after_call is not None:
+            results = self.after_call(len(self.methods), results)
+        return results
+
+
+def raw_baseline(sessions: sessionmaker[Session], job_id: str) -> dict[str, float]:
+    job = job_of(sessions, job_id)
+    assert job.stats is not None and job.stats.baseline is not None
+    return dict(job.stats.baseline)
+
+
+def test_the_baseline_brackets_a_plain_rerun_between_two_runs_of_the_jobs_method(
+    sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
+) -> None:
+    job_id, chunk_ids = submit(sessions, worker_settings, 4, baseline_sample=1.0)
+    recording = RecordingEngine(engine)
+    assert run_chunk(sessions, recording, chunk_ids[0], "w1", worker_settings).outcome == "recorded"
+    assert recording.methods == ["s4c", "ar", "s4c"]  # A-B-A on the same requests, one batch
+    generated = sum(r.completion_tokens or 0 for r in results_of(sessions, job_id))
+    raw = raw_baseline(sessions, job_id)
+    # greedy requests: every run produced the same tokens, so the sums are exact multiples
+    assert raw["tokens"] == generated and raw["sample_tokens"] == 2 * generated
+    assert raw["plain_runs"] == 1 and raw["sample_runs"] == 2
+    baseline = store.job_view(job_of(sessions, job_id))["stats"]["baseline"]
+    assert baseline["measured"] and baseline["sample_size"] == 4
+    assert baseline["speedup"] == pytest.approx(
+        baseline["sample_tokens_per_second"] / baseline["tokens_per_second"]
+    )
+    assert (baseline["plain_runs"], baseline["sample_runs"]) == (1, 2)
+    assert (baseline["greedy_checked"], baseline["greedy_matched"]) == (4, 4)
+
+
+def test_a_second_speculative_run_that_differs_from_plain_decoding_is_a_greedy_mismatch(
+    sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
+) -> None:
+    def tamper_with_the_second_speculative_run(
+        call: int, results: list[GenerationResult]
+    ) -> list[GenerationResult]:
+        if call != 3:
+            return results
+        first = results[0]
+        changed = replace(first, token_ids=(*first.token_ids, 0))
+        return [changed, *results[1:]]
+
+    job_id, chunk_ids = submit(sessions, worker_settings, 4, baseline_sample=1.0)
+    recording = RecordingEngine(engine, after_call=tamper_with_the_second_speculative_run)
+    assert run_chunk(sessions, recording, chunk_ids[0], "w1", worker_settings).outcome == "recorded"
+    baseline = store.job_view(job_of(sessions, job_id))["stats"]["baseline"]
+    assert baseline["measured"]
+    assert (baseline["greedy_checked"], baseline["greedy_matched"]) == (4, 3)
+
+
+@pytest.mark.parametrize("failing_call", [2, 3], ids=["plain-rerun", "second-speculative-run"])
+def test_a_failing_baseline_rerun_leaves_the_baseline_unmeasured_and_the_chunk_recorded(
+    sessions: sessionmaker[Session], worker_settings: Settings, engine: Any, failing_call: int
+) -> None:
+    def fail(call: int) -> None:
+        if call == failing_call:
+            raise RuntimeError("out of memory in the re-run")
+
+    job_id, chunk_ids = submit(sessions, worker_settings, 4, baseline_sample=1.0)
+    recording = RecordingEngine(engine, before_call=fail)
+    assert run_chunk(sessions, recording, chunk_ids[0], "w1", worker_settings).outcome == "recorded"
+    assert recording.methods == ["s4c", "ar", "s4c"][:failing_call]
+    assert all(r.status == ResultStatus.SUCCEEDED for r in results_of(sessions, job_id))
+    view = store.job_view(job_of(sessions, job_id))
+    assert view["status"] == "completed"
+    assert view["stats"]["baseline"]["measured"] is False
+    assert view["stats"]["baseline"]["speedup"] is None
+
+
+@pytest.mark.parametrize("worker_db_url", ["postgresql", "sqlite"], indirect=True)
+def test_a_job_cancelled_during_the_second_speculative_run_leaves_the_baseline_unmeasured(
+    sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
+) -> None:
+    job_id, chunk_ids = submit(sessions, worker_settings, 4, max_tokens=40, baseline_sample=1.0)
+
+    def cancel_before_the_second_speculative_run(call: int) -> None:
+        if call != 3:
+            return
+        with transaction(sessions) as session:
+            store.cancel_job(session, store.create_tenant(session, "acme"), job_id)
+        # the lease guard looks at the job at most once per CANCEL_CHECK_SECONDS; waiting
+        # that long makes its first check in this run see the cancel
+        time.sleep(CANCEL_CHECK_SECONDS)
+
+    recording = RecordingEngine(engine, before_call=cancel_before_the_second_speculative_run)
+    assert run_chunk(sessions, recording, chunk_ids[0], "w1", worker_settings).outcome == "recorded"
+    assert recording.methods == ["s4c", "ar", "s4c"]
+    # the chunk's own results were recorded before the baseline began
+    assert all(r.status == ResultStatus.SUCCEEDED for r in results_of(sessions, job_id))
+    stats = store.job_view(job_of(sessions, job_id))["stats"]
+    assert stats["baseline"]["measured"] is False and stats["baseline"]["speedup"] is None
+
+
+def test_shutdown_during_the_plain_rerun_leaves_the_baseline_unmeasured(
+    sessions: sessionmaker[Session], worker_settings: Settings, engine: Any
+) -> None:
+    shutdown = threading.Event()
+
+    def shut_down_at_the_plain_rerun(call: int) -> None:
+        if call == 2:
+            shutdown.set()
+
+    job_id, chunk_ids = submit(sessions, worker_settings, 4, baseline_sample=1.0)
+    recording = RecordingEngine(engine, before_call=shut_down_at_the_plain_rerun)
+    report = run_chunk(sessions, recording, chunk_ids[0], "w1", worker_settings, shutdown=shutdown)
+    assert report.outcome == "handed_back"
+    assert recording.methods == ["s4c", "ar"]  # no second speculative run after a stop
+    assert all(r.status == ResultStatus.SUCCEEDED for r in results_of(sessions, job_id))
+    assert len(results_of(sessions, job_id)) == 4
+    stats = store.job_view(job_of(sessions, job_id))["stats"]
+    assert stats["baseline"]["measured"] is False
 
 
 def test_plain_decoding_has_no_baseline_to_measure(
