@@ -83,7 +83,7 @@ class WorkerRuntime:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         log.info(
-            "loading %s from %s on %s (method %s, %d torch threads)",
+            "loading %s from %s on %s (method %s, torch threads: %d)",
             settings.model_name,
             settings.resolved_model_dir,
             settings.device,
