@@ -38,7 +38,11 @@ PathOption = click.Path(path_type=Path)
     "own first answer (as Spec-Bench). Questions with one turn, and plain JSONL prompts, "
     "are asked once.",
 )  # fmt: skip
-@click.option("--methods", default="hf,hf-pld,ar,medusa,s4c", show_default=True)
+@click.option(
+    "--methods", default="hf,hf-pld,ar,medusa,s4c", show_default=True,
+    help="Comma-separated, from hf, hf-pld, ar, medusa, s4c and the s4c ablations "
+    "s4c-heads (its heads without context lookup) and lookup (context lookup alone).",
+)  # fmt: skip
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--batch-sizes", default="1", show_default=True, help="Comma-separated.")
 @click.option("--batch-methods", default="hf,s4c", show_default=True)

@@ -39,6 +39,7 @@ from s4c_engine.config import FinishReason, RequestStats, SamplingParams
 from s4c_engine.drafting import TreeShape, propose
 from s4c_engine.heads import DraftHeads
 from s4c_engine.kv_cache import RowKVCache
+from s4c_engine.lookup import NgramLookup
 from s4c_engine.sampling import PositionUniforms, choose_tokens
 from s4c_engine.stopping import Decode, StopRule, extend_until_stop
 from s4c_engine.target import Target
@@ -78,6 +79,14 @@ class _Row:
     batch_size: int = 0
     started: float | None = None
     ended: float | None = None
+    lookup: NgramLookup | None = None  # built at the first step that drafts from context
+
+    def lookup_chain(self, length: int) -> list[int]:
+        """The context-lookup draft after this row's root (the last token it committed)."""
+        if self.lookup is None:
+            self.lookup = NgramLookup(self.request.prompt_ids)
+        self.lookup.extend(self.tokens[len(self.lookup) - len(self.request.prompt_ids) :])
+        return self.lookup.propose(length)
 
     def record_walk(self, has_children: list[bool], accepted: int) -> None:
         """Depth d+1 was attempted if the walk reached depth d and the tree went deeper."""
@@ -143,7 +152,7 @@ def decode_batch(
                 _drop_finished(rows, batch)
                 continue
             size = len(batch.live)
-            if heads is None:
+            if heads is None and not policy.uses_lookup:
                 shape = PLAIN
             else:
                 shape = tuner.choose(size) if adaptive else policy.shape_for(size)
@@ -239,10 +248,11 @@ def _step(
     """One propose -> verify -> accept -> commit_path round for the live rows."""
     assert batch.cache is not None and batch.hidden is not None and batch.roots is not None
     t0 = time.perf_counter()
-    tree = propose(heads, batch.hidden, batch.roots, shape, static.get(shape))
+    live_rows = [rows[i] for i in batch.live]
+    chains = [r.lookup_chain(shape.lookup) for r in live_rows] if shape.lookup else None
+    tree = propose(heads, batch.hidden, batch.roots, shape, static.get(shape), chains)
     t1 = time.perf_counter()
     out = verify(target, batch.cache, tree)
-    live_rows = [rows[i] for i in batch.live]
     acceptance = accept(
         tree, out.logits, [r.request.params for r in live_rows], _node_uniforms(live_rows, tree)
     )

@@ -4,7 +4,8 @@ Drafting never runs the target. Head d scores depth d+1 from the target's last h
 (s4c heads) the tokens on the path so far; only the draft vocabulary's lm_head rows are used.
 `TreeShape` says which tree to build: a static TreeSpec, or a dynamic EAGLE-2-style tree
 (top-k children per frontier node by cumulative log-probability, beam per depth, global
-rerank to a fixed node budget so every row has the same N).
+rerank to a fixed node budget so every row has the same N), plus optionally one context
+lookup chain per row grafted under the root (`s4c_engine.lookup`).
 """
 
 from __future__ import annotations
@@ -14,23 +15,40 @@ from dataclasses import dataclass
 import torch
 
 from s4c_engine.heads import DraftHeads
-from s4c_engine.tree import StaticTree, TreeBuffers, TreeSpec, compile_tree, select_top_nodes
+from s4c_engine.tree import (
+    StaticTree,
+    TreeBuffers,
+    TreeSpec,
+    ancestor_mask,
+    compile_tree,
+    select_top_nodes,
+)
 
 
 @dataclass(frozen=True)
 class TreeShape:
-    """How big a tree to draft. nodes counts the root; static trees come from `spec`."""
+    """How big a tree to draft. nodes counts the root and at most `lookup` context-lookup
+    nodes (one chain per row, fewer when no row's lookup is that long); the heads draft the
+    other `head_nodes`; static head trees come from `spec`."""
 
     nodes: int
     depth: int = 4
     top_k: int = 4
     spec: TreeSpec | None = None
+    lookup: int = 0
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
             raise ValueError("a tree has at least the root node")
-        if self.spec is not None and self.spec.num_nodes != self.nodes:
-            raise ValueError("TreeShape.nodes must equal spec.num_nodes")
+        if not 0 <= self.lookup < self.nodes:
+            raise ValueError("lookup nodes must be fewer than the tree's nodes")
+        if self.spec is not None and self.spec.num_nodes != self.head_nodes:
+            raise ValueError("TreeShape.nodes - lookup must equal spec.num_nodes")
+
+    @property
+    def head_nodes(self) -> int:
+        """Nodes the heads draft, root included."""
+        return self.nodes - self.lookup
 
     @property
     def is_plain(self) -> bool:
@@ -53,14 +71,52 @@ def propose(
     roots: torch.Tensor,
     shape: TreeShape,
     static: StaticTree | None = None,
+    chains: list[list[int]] | None = None,
 ) -> TreeBuffers:
-    """Draft one tree per row. hidden: (B, D) h_t of the last committed token; roots: (B,)."""
-    if shape.is_plain or heads is None:
+    """Draft one tree per row. hidden: (B, F) features of the last committed token; roots:
+    (B,); chains: per row the context-lookup continuation after its root (used up to
+    `shape.lookup` tokens)."""
+    if shape.is_plain:
         return root_only(roots)
-    if shape.spec is not None:
-        tree = static if static is not None else compile_tree(shape.spec, hidden.device)
-        return _propose_static(heads, hidden, roots, tree)
-    return _propose_dynamic(heads, hidden, roots, shape)
+    if heads is None or shape.head_nodes == 1:
+        tree = root_only(roots)
+    elif shape.spec is not None:
+        compiled = static if static is not None else compile_tree(shape.spec, hidden.device)
+        tree = _propose_static(heads, hidden, roots, compiled)
+    else:
+        tree = _propose_dynamic(heads, hidden, roots, shape)
+    if shape.lookup and chains is not None:
+        tree = graft_chains(tree, [c[: shape.lookup] for c in chains])
+    return tree
+
+
+def graft_chains(tree: TreeBuffers, chains: list[list[int]]) -> TreeBuffers:
+    """Append one chain per row under its root, as nodes N .. N+L-1 (L = longest chain).
+
+    Shorter chains are padded by repeating their last token (the root's for an empty chain):
+    a padded node is just one more draft, accepted only where the target agrees, so padding
+    never changes the output. Duplicates of head-drafted paths are harmless for the same
+    reason (the walk keeps the deepest agreeing node). No chain at all: the tree unchanged.
+    """
+    length = max((len(c) for c in chains), default=0)
+    if length == 0:
+        return tree
+    b, n = tree.tokens.shape
+    device = tree.tokens.device
+    roots = tree.tokens[:, 0].tolist()
+    rows = [c + [c[-1] if c else roots[r]] * (length - len(c)) for r, c in enumerate(chains)]
+    extra = torch.tensor(rows, dtype=torch.long, device=device)  # (B, L)
+    parents = torch.tensor([0, *range(n, n + length - 1)], dtype=torch.long, device=device)
+    depths = torch.arange(1, length + 1, dtype=torch.long, device=device)
+    all_parents = torch.cat([tree.parents, parents.expand(b, -1)], 1)
+    all_depths = torch.cat([tree.depths, depths.expand(b, -1)], 1)
+    max_depth = max(int(tree.depths.max()), length)
+    return TreeBuffers(
+        torch.cat([tree.tokens, extra], 1),
+        all_parents,
+        all_depths,
+        ancestor_mask(all_parents, all_depths, max_depth),
+    )
 
 
 def _head_log_probs(
@@ -117,7 +173,7 @@ def _propose_dynamic(
         frontier_scores = torch.gather(scores, 1, beam)
         frontier_index = torch.gather(child_index, 1, beam)
     scores = torch.cat(all_scores, 1)
-    budget = min(shape.nodes - 1, scores.shape[1])
+    budget = min(shape.head_nodes - 1, scores.shape[1])
     return select_top_nodes(
         scores,
         torch.cat(all_parents, 1),

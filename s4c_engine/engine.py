@@ -85,6 +85,8 @@ class Engine:
                 log.warning("no %s draft heads at %s; falling back to plain decoding", method, path)
         if policy is None:
             policy = GPU_POLICY if torch.device(device).type == "cuda" else CPU_POLICY
+            if method == "medusa":  # the Medusa-1 baseline drafts from its heads alone
+                policy = policy.without_lookup()
         return cls(target, PromptCodec.load(model_dir), info, heads, policy, max_batch_size)
 
     @property

@@ -12,7 +12,7 @@ tokens/s of the candidates during decoding and runs the best (down to plain deco
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from s4c_engine.drafting import TreeShape
 
@@ -35,22 +35,42 @@ class TreePolicy:
     def max_nodes(self) -> int:
         return max((s.nodes for _, s in self.table), default=1)
 
+    @property
+    def uses_lookup(self) -> bool:
+        return any(s.lookup for _, s in self.table)
+
+    def without_lookup(self) -> TreePolicy:
+        """The same tree budgets spent on head drafts alone (rows that would only look up
+        decode plainly)."""
+        rows = tuple(
+            (b, replace(s, lookup=0, nodes=s.head_nodes if s.spec is not None else s.nodes))
+            for b, s in self.table
+            if s.lookup < s.nodes - 1
+        )
+        return TreePolicy(rows)
+
+    def lookup_only(self) -> TreePolicy:
+        """Context lookup alone, with the same lookup lengths (no heads needed)."""
+        rows = tuple((b, TreeShape(nodes=s.lookup + 1, lookup=s.lookup)) for b, s in self.table)
+        return TreePolicy(tuple((b, s) for b, s in rows if s.lookup))
+
 
 CPU_POLICY = TreePolicy(
     (
-        (1, TreeShape(nodes=16, depth=4, top_k=4)),
-        (2, TreeShape(nodes=10, depth=4, top_k=3)),
-        (4, TreeShape(nodes=6, depth=3, top_k=2)),
-        (8, TreeShape(nodes=4, depth=3, top_k=1)),
+        (1, TreeShape(nodes=16, depth=4, top_k=4, lookup=6)),
+        (2, TreeShape(nodes=12, depth=4, top_k=3, lookup=5)),
+        (4, TreeShape(nodes=8, depth=3, top_k=2, lookup=4)),
+        (8, TreeShape(nodes=6, depth=3, top_k=1, lookup=3)),
+        (16, TreeShape(nodes=4, lookup=3)),  # context lookup only
     )
 )
 
 GPU_POLICY = TreePolicy(
     (
-        (1, TreeShape(nodes=48, depth=5, top_k=8)),
-        (4, TreeShape(nodes=32, depth=5, top_k=6)),
-        (16, TreeShape(nodes=16, depth=4, top_k=4)),
-        (32, TreeShape(nodes=8, depth=3, top_k=3)),
+        (1, TreeShape(nodes=56, depth=5, top_k=8, lookup=8)),
+        (4, TreeShape(nodes=38, depth=5, top_k=6, lookup=6)),
+        (16, TreeShape(nodes=20, depth=4, top_k=4, lookup=4)),
+        (32, TreeShape(nodes=10, depth=3, top_k=3, lookup=2)),
     )
 )
 
@@ -121,7 +141,7 @@ class TreeTuner:
 
     def _bound(self, batch_size: int, shape: TreeShape) -> float:
         depth = shape.spec.depth if shape.spec is not None else shape.depth
-        steps = 1 if shape.is_plain else depth + 1
+        steps = 1 if shape.is_plain else max(depth, shape.lookup) + 1
         return steps / max(self.arms[batch_size, shape].seconds, 1e-9)
 
     def _rate(self, batch_size: int, shape: TreeShape) -> float:

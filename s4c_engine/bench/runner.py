@@ -40,7 +40,10 @@ from s4c_engine.config import ChatMessage
 log = logging.getLogger(__name__)
 
 ALL_METHODS = ("hf", "hf-pld", "ar", "medusa", "s4c")
-ENGINE_METHODS = ("ar", "medusa", "s4c")
+# Ablations of s4c (not run by default): its heads without context lookup, and context
+# lookup without heads, each with the same tree budgets as s4c.
+ABLATIONS = ("s4c-heads", "lookup")
+ENGINE_METHODS = ("ar", "medusa", "s4c", *ABLATIONS)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -70,9 +73,10 @@ class BenchConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in ALL_METHODS]
+        unknown = [m for m in self.methods if m not in (*ALL_METHODS, *ABLATIONS)]
         if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(ALL_METHODS)}")
+            known = ", ".join((*ALL_METHODS, *ABLATIONS))
+            raise ValueError(f"unknown methods {unknown}; choose from {known}")
         if any(b < 1 for b in self.batch_sizes):
             raise ValueError("batch sizes must be >= 1")
         if self.turns < 1:
@@ -133,16 +137,24 @@ def load_methods(config: BenchConfig, methods: Sequence[str]) -> Loaded:
             )
 
         engines: dict[str, Any] = {}
-        if "s4c" in wanted:
+        if any(x in wanted for x in ("s4c", *ABLATIONS)):
             engines["s4c"] = load("s4c", config.s4c_heads)
+        for name, variant in (("s4c-heads", "without_lookup"), ("lookup", "lookup_only")):
+            if name in wanted:
+                base = engines["s4c"]
+                policy = getattr(base.policy, variant)()
+                engines[name] = Engine(
+                    base.target, base.codec, base.info, base.heads, policy, base.max_batch_size
+                )
         if "medusa" in wanted:
             engines["medusa"] = load("medusa", config.medusa_heads)
         if "ar" in wanted:
             engines["ar"] = engines.get("s4c") or engines.get("medusa") or load("ar", None)
         for name in wanted:
             engine = engines[name]
-            effective[name] = name if name == "ar" else str(engine.method)
-            runners[name] = EngineRunner(name, engine, name, eos, m)
+            effective[name] = name if name in ("ar", *ABLATIONS) else str(engine.method)
+            method = "s4c" if name in ABLATIONS else name
+            runners[name] = EngineRunner(name, engine, method, eos, m)
 
     def encode(messages: tuple[ChatMessage, ...]) -> list[int]:
         return codec.encode(Prompt(messages=messages))
@@ -285,7 +297,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     path = config.prompts or default_prompts_path(REPO_ROOT)
     prompts = first_per_category(read_bench_prompts(path), config.per_category)
-    methods = [m for m in ALL_METHODS if m in config.methods]
+    methods = [m for m in (*ALL_METHODS, *ABLATIONS) if m in config.methods]
     batch_sizes = sorted(set(config.batch_sizes))
     batch_methods = [m for m in config.batch_methods if m in methods and m != "hf-pld"]
     loaded = load_methods(config, methods)

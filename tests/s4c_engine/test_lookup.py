@@ -1,0 +1,87 @@
+"""Context lookup drafts: the n-gram index, the grafted chain, and exactness with it."""
+
+from __future__ import annotations
+
+import torch
+
+from s4c_engine.config import SamplingParams
+from s4c_engine.decoding import DecodeRequest, decode_batch
+from s4c_engine.drafting import TreeShape, graft_chains, propose, root_only
+from s4c_engine.lookup import NgramLookup
+from s4c_engine.stopping import StopRule
+from s4c_engine.target import Target
+from s4c_engine.tree_policy import CPU_POLICY, TreePolicy
+from tests.model_fixtures import random_heads, tiny_model
+
+
+def test_lookup_continues_the_latest_earlier_occurrence_of_the_longest_suffix() -> None:
+    look = NgramLookup([5, 6, 7, 8, 9, 1, 6, 7, 3, 4])
+    assert look.propose(3) == []  # suffix (3, 4) never occurred before
+    look.extend([5, 6, 7])
+    # (5, 6, 7) occurred at 0 and continued 8, 9, 1; the shorter (6, 7) at 6 would say 3.
+    assert look.propose(3) == [8, 9, 1]
+    look.extend([3])
+    # (6, 7, 3) occurred at 6 and continued 4, 5, 6 ...
+    assert look.propose(2) == [4, 5]
+    # Continuations stop at the end of what is known.
+    assert NgramLookup([1, 2, 9, 1, 2]).propose(5) == [9, 1, 2]
+
+
+def test_grafted_chain_hangs_under_the_root_and_pads_short_rows() -> None:
+    tree = root_only(torch.tensor([10, 20]))
+    out = graft_chains(tree, [[11, 12, 13], []])
+    assert out.tokens.tolist() == [[10, 11, 12, 13], [20, 20, 20, 20]]
+    assert out.parents.tolist() == [[0, 0, 1, 2]] * 2
+    assert out.depths.tolist() == [[0, 1, 2, 3]] * 2
+    assert out.ancestors[0, 3].tolist() == [True, True, True, True]
+    assert out.ancestors[0, 1].tolist() == [True, True, False, False]
+    assert graft_chains(tree, [[], []]) is tree
+
+
+def test_propose_adds_the_lookup_chain_after_the_heads_nodes() -> None:
+    model = tiny_model("llama")
+    heads = random_heads(model, "s4c")
+    shape = TreeShape(nodes=9, depth=3, top_k=2, lookup=3)
+    hidden = torch.randn(2, 32)
+    tree = propose(heads, hidden, torch.tensor([4, 5]), shape, chains=[[7, 8, 9, 10], [7]])
+    assert tree.num_nodes == 9
+    assert tree.tokens[0, 6:].tolist() == [7, 8, 9] and tree.tokens[1, 6:].tolist() == [7, 7, 7]
+    assert tree.depths[0, 6:].tolist() == [1, 2, 3]
+    without = propose(heads, hidden, torch.tensor([4, 5]), shape, chains=[[], []])
+    assert without.num_nodes == 6
+
+
+def _requests(prompts: list[list[int]], max_tokens: int = 40) -> list[DecodeRequest]:
+    return [
+        DecodeRequest(
+            tuple(p), SamplingParams(max_tokens=max_tokens), StopRule(frozenset(), max_tokens)
+        )
+        for p in prompts
+    ]
+
+
+def test_decoding_with_lookup_is_exact_and_accepts_repeats() -> None:
+    model = tiny_model("llama", seed=4)
+    target = Target(model)
+    # Repetitive prompts: a random tiny model falls into loops, which lookup drafts well.
+    prompts = [[3, 4, 5, 6] * 6, [9, 8, 7] * 5 + [1], [2] * 12]
+    plain = [list(o.token_ids) for o in decode_batch(target, _requests(prompts))]
+    heads = random_heads(model, "s4c")
+    for policy in (CPU_POLICY, CPU_POLICY.lookup_only()):
+        outs = decode_batch(target, _requests(prompts), heads=heads, policy=policy, adaptive=False)
+        assert [list(o.token_ids) for o in outs] == plain
+    lookup_alone = decode_batch(
+        target, _requests(prompts), policy=CPU_POLICY.lookup_only(), adaptive=False
+    )
+    assert [list(o.token_ids) for o in lookup_alone] == plain
+    # Without heads every accepted draft token came from the context lookup.
+    assert all(o.stats.tau > 1.3 for o in lookup_alone), [o.stats.tau for o in lookup_alone]
+
+
+def test_policy_variants_keep_budgets() -> None:
+    plain_heads = CPU_POLICY.without_lookup()
+    assert not plain_heads.uses_lookup and CPU_POLICY.uses_lookup
+    assert plain_heads.table[0][1].nodes == CPU_POLICY.table[0][1].nodes
+    only = CPU_POLICY.lookup_only()
+    assert all(s.head_nodes == 1 and s.lookup for _, s in only.table)
+    assert isinstance(only, TreePolicy)
