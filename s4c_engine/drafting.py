@@ -10,6 +10,7 @@ lookup chain per row grafted under the root (`s4c_engine.lookup`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,10 @@ class TreeShape:
     top_k: int = 4
     spec: TreeSpec | None = None
     lookup: int = 0
+    # Dynamic trees: head nodes whose cumulative draft probability is below this are left
+    # out (the tree shrinks, to the root alone when nothing is likely), because on a CPU
+    # even a few extra nodes make a verify step markedly dearer than a plain one.
+    min_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -142,7 +147,10 @@ def _propose_dynamic(
     frontier_scores = torch.zeros(b, 1, device=device)
     frontier_index = torch.full((b, 1), -1, dtype=torch.long, device=device)
     offset = 0
+    floor = math.log(shape.min_prob) if shape.min_prob > 0 else -math.inf
     for d in range(depth_limit):
+        if d > 0 and bool((frontier_scores < floor).all()):
+            break  # nothing deeper can clear the floor: stop drafting early
         logp = _head_log_probs(heads, d, hidden, frontier_paths)  # (B, F, Vd)
         top = torch.topk(logp, k, dim=-1)
         scores = (frontier_scores[:, :, None] + top.values).flatten(1)  # (B, F*k)
@@ -174,6 +182,11 @@ def _propose_dynamic(
         frontier_index = torch.gather(child_index, 1, beam)
     scores = torch.cat(all_scores, 1)
     budget = min(shape.head_nodes - 1, scores.shape[1])
+    if shape.min_prob > 0:
+        # The row with the most likely nodes sets N; other rows fill up with their next best.
+        budget = min(budget, int((scores >= floor).sum(1).max()))
+        if budget == 0:
+            return root_only(roots)
     return select_top_nodes(
         scores,
         torch.cat(all_parents, 1),

@@ -1,13 +1,19 @@
 """How big a draft tree to verify for a given live batch size.
 
 Verifying B x N tokens is nearly free only while the target forward is memory- or
-overhead-bound; past that, speculation costs more than it saves. CPU: full forwards of the
-default model on the 2-core dev machine (idle, KV 300, batch 1) cost 41/60/72/100/150 ms for
-1/8/16/32/64 tokens, and B rows x N nodes cost about what B*N tokens of one row cost; so the
-CPU table keeps B*N near 16 (a verify step at most ~1.8x a plain step) and decodes plainly
-above batch 8. Re-measure with `python -m s4c_engine.calibration`. GPUs verify far wider trees
-for free, hence the larger GPU table. The table is an upper bound: `TreeTuner` measures
-tokens/s of the candidates during decoding and runs the best (down to plain decoding).
+overhead-bound; past that, speculation costs more than it saves. CPU: on the 2-core Xeon
+(Sapphire Rapids) dev VM, fp32, KV 300, batch 1, full forwards of the default model cost
+about 46/54/69/65/124/161 ms for 1/2/4/8/16/32 tokens with 2 threads (71/82/114/144/133/203
+with 1 thread; the fp32 GEMM for a few rows costs far more than the one-row GEMV), and B rows
+x N nodes cost about what B*N tokens of one row cost. So the CPU table keeps trees small,
+drops head nodes the heads are unsure of (`min_prob`: a step with nothing likely is a plain
+step) and adds a context-lookup chain, which costs nothing to draft and adds nodes only when
+the row's context has a match. Measured on 6 Spec-Bench prompts (s4c heads, 2 threads,
+fixed trees): 16 nodes without a floor ran at 0.90x plain decoding (tau 2.17), 8 nodes with
+floor 0.2 at 1.32x (tau 1.72). Re-measure with `python -m s4c_engine.calibration`. GPUs verify
+far wider trees for free, hence the larger GPU table. The table is an upper bound:
+`TreeTuner` measures tokens/s of the candidates during decoding and runs the best (down to
+plain decoding).
 """
 
 from __future__ import annotations
@@ -57,11 +63,10 @@ class TreePolicy:
 
 CPU_POLICY = TreePolicy(
     (
-        (1, TreeShape(nodes=16, depth=4, top_k=4, lookup=6)),
-        (2, TreeShape(nodes=12, depth=4, top_k=3, lookup=5)),
-        (4, TreeShape(nodes=8, depth=3, top_k=2, lookup=4)),
-        (8, TreeShape(nodes=6, depth=3, top_k=1, lookup=3)),
-        (16, TreeShape(nodes=4, lookup=3)),  # context lookup only
+        (1, TreeShape(nodes=8, depth=4, top_k=2, lookup=3, min_prob=0.2)),
+        (2, TreeShape(nodes=6, depth=3, top_k=2, lookup=2, min_prob=0.25)),
+        (4, TreeShape(nodes=4, depth=2, top_k=1, lookup=2, min_prob=0.3)),
+        (8, TreeShape(nodes=3, lookup=2)),  # context lookup only
     )
 )
 

@@ -85,3 +85,22 @@ def test_policy_variants_keep_budgets() -> None:
     only = CPU_POLICY.lookup_only()
     assert all(s.head_nodes == 1 and s.lookup for _, s in only.table)
     assert isinstance(only, TreePolicy)
+
+
+def test_probability_floor_shrinks_the_heads_tree_and_stays_exact() -> None:
+    model = tiny_model("llama", seed=5)
+    heads = random_heads(model, "s4c")
+    hidden, roots = torch.randn(2, 32), torch.tensor([4, 5])
+    full = propose(heads, hidden, roots, TreeShape(nodes=8, depth=3, top_k=2, min_prob=1e-9))
+    assert full.num_nodes == 8
+    # Nothing is certain: the floor leaves the root alone (a plain step).
+    assert propose(heads, hidden, roots, TreeShape(nodes=8, min_prob=1.0)).num_nodes == 1
+    floor = TreeShape(nodes=8, depth=3, top_k=2, min_prob=0.05)
+    kept = propose(heads, hidden, roots, floor)
+    assert 1 <= kept.num_nodes <= 8
+    target = Target(model)
+    prompts = [[1, 5, 9, 3], [7, 7, 2]]
+    plain = [list(o.token_ids) for o in decode_batch(target, _requests(prompts))]
+    policy = TreePolicy(((4, floor),))
+    outs = decode_batch(target, _requests(prompts), heads=heads, policy=policy, adaptive=False)
+    assert [list(o.token_ids) for o in outs] == plain
