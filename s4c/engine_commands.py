@@ -105,6 +105,16 @@ def bench(
 @click.option("--skip-distill", is_flag=True, help="Reuse the distillation data as it is.")
 @click.option("--samples", type=int, default=2000, show_default=True)
 @click.option("--max-new-tokens", type=int, default=160, show_default=True)
+@click.option(
+    "--distill-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
+    show_default=True,
+    help="Target dtype while distilling; bfloat16 is ~4x faster on CPUs with AMX.",
+)  # fmt: skip
+@click.option(
+    "--feature-layers", default="", show_default=False,
+    help="s4c only: comma-separated decoder layers whose outputs join the heads' input "
+    "(e.g. 9,19); the distillation stores them. Default: the last hidden state alone.",
+)  # fmt: skip
 @click.option("--num-heads", type=int, default=4, show_default=True)
 @click.option("--steps", type=int, default=2000, show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
@@ -120,6 +130,8 @@ def train_heads(
     skip_distill: bool,
     samples: int,
     max_new_tokens: int,
+    distill_dtype: str,
+    feature_layers: str,
     num_heads: int,
     steps: int,
     batch_size: int,
@@ -135,6 +147,10 @@ def train_heads(
     unknown = [kind for kind in _split(kinds) if kind not in ("s4c", "medusa")]
     if unknown:
         raise click.ClickException(f"unknown head kinds {unknown}: use s4c and/or medusa")
+    try:
+        layers = tuple(int(x) for x in _split(feature_layers))
+    except ValueError as exc:
+        raise click.ClickException(f"--feature-layers: {exc}") from exc
     config = TrainHeadsConfig(
         model_dir=model_dir,
         work_dir=work_dir or settings.home / "train-heads" / model_dir.name,
@@ -144,6 +160,8 @@ def train_heads(
         skip_distill=skip_distill,
         samples=samples,
         max_new_tokens=max_new_tokens,
+        distill_dtype=distill_dtype,
+        feature_layers=layers,
         num_heads=num_heads,
         steps=steps,
         batch_size=batch_size,

@@ -37,7 +37,9 @@ class TrainHeadsConfig:
     samples: int | None = 2000  # distil until this many answers exist (None: the whole mix)
     per_category: int = 1500
     max_new_tokens: int = 160
-    distill_batch_size: int = 16
+    distill_batch_size: int = 32
+    distill_dtype: str = "float32"
+    feature_layers: tuple[int, ...] = ()  # s4c heads: decoder layers fused into the input
     num_heads: int = 4
     draft_vocab_size: int = 8192
     steps: int = 2000
@@ -63,6 +65,8 @@ def cli_main(config: TrainHeadsConfig) -> list[TrainResult]:
                 batch_size=config.distill_batch_size,
                 max_new_tokens=config.max_new_tokens,
                 max_samples=config.samples,
+                feature_layers=config.feature_layers,
+                dtype=config.distill_dtype,
                 threads=config.threads,
                 device=config.device,
             )
@@ -76,6 +80,7 @@ def cli_main(config: TrainHeadsConfig) -> list[TrainResult]:
                 out_dir=config.work_dir / kind,
                 kind=kind,
                 num_heads=config.num_heads,
+                feature_layers=config.feature_layers if kind == "s4c" else (),
                 draft_vocab_size=config.draft_vocab_size,
                 steps=config.steps,
                 batch_size=config.batch_size,
