@@ -19,6 +19,11 @@ decoding), and the hidden states the target already computed are the best draft 
 is (the heads are trained on exactly these features). The unverified subtree below the
 accepted node is not carried over: the next tree is drafted fresh from the new h_t.
 
+Two draft sources share each tree: the heads' nodes (sequentially dependent, and only those
+the heads give at least `TreeShape.min_prob`), and one context-lookup chain per row from
+`s4c_engine.lookup` (what followed the row's current suffix earlier in its prompt or its own
+output). The walk keeps the deepest node the target agrees with, whichever source drafted it.
+
 Finished rows leave the batch at once (cache rows, hidden states and roots are compacted), so
 they stop costing work, and waiting requests take their place. The tree is re-chosen every
 step from the live batch size (`TreeTuner`: the policy's largest tree for that size, smaller
