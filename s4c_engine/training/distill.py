@@ -272,6 +272,11 @@ def run_distill(config: DistillConfig) -> int:
             if config.answers
             else [[] for _ in items]
         )
+        # Teacher forcing pads to the longest sequence of a slice: order by total length.
+        order = sorted(range(len(items)), key=lambda i: len(prompts[i]) + len(answers[i]))
+        items = [items[i] for i in order]
+        prompts = [prompts[i] for i in order]
+        answers = [answers[i] for i in order]
         sequences = [p + a for p, a in zip(prompts, answers)]
         starts = [
             min(header, len(p) - 1) if config.prompt_positions else len(p) - 1 for p in prompts
@@ -293,7 +298,8 @@ def run_distill(config: DistillConfig) -> int:
 def _teacher_forced_in_slices(
     model: nn.Module, sequences: list[list[int]], starts: list[int], config: DistillConfig
 ) -> BatchOutput:
-    """`teacher_forced` over length-sorted slices of at most `forward_tokens` padded tokens."""
+    """`teacher_forced` over slices of at most `forward_tokens` padded tokens (`sequences`
+    sorted by length, so a slice pads to its last sequence)."""
     merged = BatchOutput([], [], [], [], {i: [] for i in config.feature_layers}, [])
     first = 0
     while first < len(sequences):
