@@ -49,7 +49,13 @@ def open_sessions(url: str) -> Iterator[sessionmaker[Session]]:
         db.dispose()
 
 
-def poll(predicate: Callable[[], bool], timeout: float, what: str, worker: WorkerProcess) -> None:
+def poll(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    worker: WorkerProcess,
+    every: float = 0.3,
+) -> None:
     """Wait for `predicate`, treating a database that is down as 'not yet'."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -58,7 +64,7 @@ def poll(predicate: Callable[[], bool], timeout: float, what: str, worker: Worke
                 return
         except OperationalError:
             pass
-        time.sleep(0.3)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}\n{worker.log()[-4000:]}")
 
 
@@ -87,9 +93,11 @@ def test_postgres_down_mid_job_then_back_the_job_completes(
     with open_sessions(url) as sessions:
         worker = start_worker(settings)
         worker.wait_ready()
-        job_id, chunk_ids = submit(sessions, settings, 24, max_tokens=40)
+        # Many chunks of long answers, polled often: speculative decoding of the tiny model
+        # can finish a small job between two polls, and the outage must hit it mid-job.
+        job_id, chunk_ids = submit(sessions, settings, 40, max_tokens=150)
         enqueue(settings, chunk_ids)
-        poll(lambda: a_chunk_runs(sessions, job_id), 60, "a running chunk", worker)
+        poll(lambda: a_chunk_runs(sessions, job_id), 60, "a running chunk", worker, every=0.02)
         cluster.kill()
         # Meanwhile the API says it is not ready and answers with a 503 problem, no trace.
         for path in ("/readyz", f"/v1/jobs/{job_id}", "/v1/jobs"):
@@ -107,12 +115,12 @@ def test_postgres_down_mid_job_then_back_the_job_completes(
             "the job to complete after the outage",
             worker,
         )
-        assert_one_result_per_request(sessions, job_id, 24)
+        assert_one_result_per_request(sessions, job_id, 40)
         assert worker.process.poll() is None  # the worker rode out the outage
         # ... and the API recovered without a restart.
         assert client.get("/readyz").status_code == 200
         view = client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
-        assert view["status"] == "completed" and view["request_counts"]["completed"] == 24
+        assert view["status"] == "completed" and view["request_counts"]["completed"] == 40
         worker.signal(signal.SIGTERM)
         assert worker.process.wait(60) == 0
 
@@ -129,9 +137,9 @@ def test_redis_restarted_mid_job_loses_its_queue_and_the_job_completes(
     with open_sessions(settings.database_url) as sessions:
         worker = start_worker(settings)
         worker.wait_ready()
-        job_id, chunk_ids = submit(sessions, settings, 16, max_tokens=60)
+        job_id, chunk_ids = submit(sessions, settings, 40, max_tokens=150)
         enqueue(settings, chunk_ids)
-        poll(lambda: a_chunk_runs(sessions, job_id), 60, "a running chunk", worker)
+        poll(lambda: a_chunk_runs(sessions, job_id), 60, "a running chunk", worker, every=0.02)
         redis.kill()  # this Redis persists nothing: the queued messages are gone
         time.sleep(2)
         redis.restart()
@@ -141,4 +149,4 @@ def test_redis_restarted_mid_job_loses_its_queue_and_the_job_completes(
             "the job to complete after the broker restart",
             worker,
         )
-        assert_one_result_per_request(sessions, job_id, 16)
+        assert_one_result_per_request(sessions, job_id, 40)

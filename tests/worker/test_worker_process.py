@@ -28,12 +28,12 @@ def enqueue(settings: Settings, chunk_ids: list[int]) -> None:
     messaging.enqueue_chunks(celery, chunk_ids, messaging.queue_for_model(settings.model_name))
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.2)
+        time.sleep(poll)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
@@ -125,9 +125,11 @@ def test_sigterm_hands_back_the_running_chunk(
 ) -> None:
     first = start_worker(worker_settings)
     first.wait_ready()
-    job_id, chunk_ids = submit(sessions, worker_settings, 8, max_tokens=60)
+    # Ten chunks of long answers, polled often: speculative decoding of the tiny model can
+    # finish a small job between two polls, and the SIGTERM must land mid-chunk.
+    job_id, chunk_ids = submit(sessions, worker_settings, 40, max_tokens=150)
     enqueue(worker_settings, chunk_ids)
-    wait_for(lambda: running_chunk(sessions, job_id), 60, "a running chunk")
+    wait_for(lambda: running_chunk(sessions, job_id), 60, "a running chunk", poll=0.02)
     first.signal(signal.SIGTERM)
     assert first.process.wait(60) == 0, first.log()[-3000:]
     with sessions() as session:
@@ -136,7 +138,7 @@ def test_sigterm_hands_back_the_running_chunk(
     assert all(c.attempts <= 1 for c in chunks)
     second = start_worker(worker_settings)
     assert wait_terminal(sessions, job_id, [first, second]) == JobStatus.COMPLETED
-    assert_one_result_per_request(sessions, job_id, 8)
+    assert_one_result_per_request(sessions, job_id, 40)
 
 
 @pytest.mark.slow
