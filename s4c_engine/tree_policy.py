@@ -146,6 +146,8 @@ class TreeTuner:
 
     def _bound(self, batch_size: int, shape: TreeShape) -> float:
         depth = shape.spec.depth if shape.spec is not None else shape.depth
+        if shape.head_nodes == 1:  # lookup only: the heads' depth is never drafted
+            depth = 0
         steps = 1 if shape.is_plain else max(depth, shape.lookup) + 1
         return steps / max(self.arms[batch_size, shape].seconds, 1e-9)
 

@@ -104,3 +104,12 @@ def test_probability_floor_shrinks_the_heads_tree_and_stays_exact() -> None:
     policy = TreePolicy(((4, floor),))
     outs = decode_batch(target, _requests(prompts), heads=heads, policy=policy, adaptive=False)
     assert [list(o.token_ids) for o in outs] == plain
+
+
+def test_tuner_bound_of_a_lookup_only_tree_counts_the_chain_not_the_heads_depth() -> None:
+    from s4c_engine.tree_policy import TreeTuner
+
+    shape = TreeShape(nodes=3, lookup=2)  # depth defaults to 4 but no head node is drafted
+    tuner = TreeTuner(TreePolicy(((8, shape),)))
+    tuner.record(1, shape, 1.0, 0.5)
+    assert tuner._bound(1, shape) == 3 / 0.5  # at most root + 2 lookup tokens per step
