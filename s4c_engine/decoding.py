@@ -36,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -43,7 +44,7 @@ from s4c_engine.attention import build_step_mask, causal_block, right_pad
 from s4c_engine.config import FinishReason, RequestStats, SamplingParams
 from s4c_engine.drafting import TreeShape, propose
 from s4c_engine.heads import DraftHeads
-from s4c_engine.kv_cache import RowKVCache
+from s4c_engine.kv_cache import RowKVCache, fill_holes
 from s4c_engine.lookup import NgramLookup
 from s4c_engine.sampling import PositionUniforms, choose_tokens
 from s4c_engine.stopping import Decode, StopRule, extend_until_stop
@@ -51,6 +52,27 @@ from s4c_engine.target import Target
 from s4c_engine.tree import StaticTree, TreeBuffers, compile_tree
 from s4c_engine.tree_policy import PLAIN, PLAIN_POLICY, TreePolicy, TreeTuner
 from s4c_engine.verification import Acceptance, accept, verify
+
+PREFILL_TOKENS = 4096  # padded tokens per prefill forward: bounds memory and padding waste
+
+
+class PositionObserver(Protocol):
+    """Sees the target's features at every position a request commits, as decoding goes
+    (what self-distillation records). Position j of a request is token j of prompt + output;
+    its features and logits predict token j + 1. `feature_layers` are the decoder layers the
+    target must capture for it (see `Target.capture_layers`)."""
+
+    feature_layers: tuple[int, ...]
+
+    def prompts(self, requests: list[int], hidden: torch.Tensor, lengths: list[int]) -> None:
+        """Prefill: hidden (B, T, F); row b holds positions 0 .. lengths[b] - 1 of
+        request requests[b]."""
+
+    def committed(
+        self, requests: list[int], hidden: torch.Tensor, logits: torch.Tensor, counts: list[int]
+    ) -> None:
+        """A decode step: hidden (B, A, F), logits (B, A, V); the first counts[b] are the
+        next positions of request requests[b], in order."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,7 @@ def decode_batch(
     should_stop: Callable[[], bool] | None = None,
     max_batch_size: int | None = None,
     adaptive: bool = True,
+    observer: PositionObserver | None = None,
 ) -> list[DecodeOutput]:
     """Generate for all requests; outputs in request order.
 
@@ -132,10 +155,15 @@ def decode_batch(
     requests (taken in the given order) are prefilled and join the running batch. With
     heads=None or the plain policy this is plain autoregressive decoding; `adaptive` lets a
     TreeTuner pick smaller trees or plain steps where they give more tokens/s. Greedy
-    output is identical either way; sampled output has the same distribution.
+    output is identical either way; sampled output has the same distribution. `observer`
+    sees the target's features at every committed position.
     """
     rows = [_Row(r, PositionUniforms.for_params(r.params)) for r in requests]
     layers = heads.config.feature_layers if heads is not None else ()
+    if observer is not None:
+        if heads is not None and observer.feature_layers != layers:
+            raise ValueError("the observer and the heads need different decoder layers")
+        layers = observer.feature_layers
     if target.feature_layers != layers:  # plain decoding captures nothing extra
         target.capture_layers(layers)
     limit = max_batch_size or len(rows)
@@ -153,7 +181,7 @@ def decode_batch(
                 admitted = [
                     waiting.popleft() for _ in range(min(limit - len(batch.live), len(waiting)))
                 ]
-                _admit(target, batch, rows, admitted, policy, decode)
+                _admit(target, batch, rows, admitted, policy, decode, limit, observer)
                 _drop_finished(rows, batch)
                 continue
             size = len(batch.live)
@@ -162,7 +190,7 @@ def decode_batch(
             else:
                 shape = tuner.choose(size) if adaptive else policy.shape_for(size)
             started = time.perf_counter()
-            acceptance = _step(target, batch, heads, shape, static, rows)
+            acceptance = _step(target, batch, heads, shape, static, rows, observer)
             for j, i in enumerate(batch.live):
                 row = rows[i]
                 row.record_walk(acceptance.has_children[j], acceptance.accepted[j])
@@ -191,55 +219,99 @@ def _admit(
     admitted: list[int],
     policy: TreePolicy,
     decode: Decode | None,
+    slots: int,
+    observer: PositionObserver | None,
 ) -> None:
-    """Prefill the admitted rows in a cache of their own, then append them to the batch."""
-    group = [rows[i] for i in admitted]
+    """Prefill the admitted rows straight into free slots of the batch cache (room for
+    `slots` rows), then make them live. Rows of similar prompt length prefill together
+    (`prefill_groups`), so a short prompt is never padded to a long one."""
     capacity = (
-        max(len(r.request.prompt_ids) for r in group)
-        + max(r.request.stop_rule.max_tokens for r in group)
+        max(len(rows[i].request.prompt_ids) for i in admitted)
+        + max(rows[i].request.stop_rule.max_tokens for i in admitted)
         + policy.max_nodes
         + 1
     )
-    cache = RowKVCache.allocate(
-        target.config, len(group), capacity, device=target.device, dtype=target.dtype
-    )
-    hidden, roots = _prefill(target, cache, group, decode)
-    if batch.cache is None or not batch.live:
-        batch.cache, batch.hidden, batch.roots = cache, hidden, roots
-        batch.live = list(admitted)
-    else:
-        assert batch.hidden is not None and batch.roots is not None
-        batch.cache.append_rows(cache)
-        batch.hidden = torch.cat([batch.hidden, hidden])
-        batch.roots = torch.cat([batch.roots, roots])
-        batch.live = [*batch.live, *admitted]
+    if batch.cache is None:
+        batch.cache = RowKVCache.allocate(
+            target.config, 0, capacity, device=target.device, dtype=target.dtype, row_slots=slots
+        )
+    cache = batch.cache
+    cache.reserve(cache.batch_size + len(admitted), capacity)
+    for group in prefill_groups([len(rows[i].request.prompt_ids) for i in admitted]):
+        joining_ids = [admitted[g] for g in group]
+        joining = cache.join_view(len(joining_ids))
+        hidden, roots = _prefill(target, joining, rows, joining_ids, decode, observer)
+        cache.adopt(joining)
+        if not batch.live:
+            batch.hidden, batch.roots = hidden, roots
+        else:
+            assert batch.hidden is not None and batch.roots is not None
+            batch.hidden = torch.cat([batch.hidden, hidden])
+            batch.roots = torch.cat([batch.roots, roots])
+        batch.live = [*batch.live, *joining_ids]
     for i in batch.live:
         rows[i].batch_size = max(rows[i].batch_size, len(batch.live))
 
 
+def prefill_groups(lengths: list[int], max_tokens: int = PREFILL_TOKENS) -> list[list[int]]:
+    """Split rows (their prompt lengths) into prefill forwards of similar lengths.
+
+    Rows are taken shortest first; a group closes when adding the next row would pad it past
+    `max_tokens` tokens or waste more than a quarter of its padded tokens. Returns indices
+    into `lengths`; every index appears once.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i in order:
+        width = lengths[i]  # the longest so far: rows come shortest first
+        padded = width * (len(current) + 1)
+        if current and (padded > max_tokens or (total + width) < 0.75 * padded):
+            groups.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += width
+    if current:
+        groups.append(current)
+    return groups
+
+
 def _prefill(
-    target: Target, cache: RowKVCache, rows: list[_Row], decode: Decode | None
+    target: Target,
+    cache: RowKVCache,
+    rows: list[_Row],
+    joining: list[int],
+    decode: Decode | None,
+    observer: PositionObserver | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the prompts, choose each row's first token. Returns h_t (B, D) and roots (B,)."""
+    """Run the prompts of rows `joining`, choose each row's first token. Returns h_t (B, F)
+    and roots (B,)."""
     started = time.perf_counter()
+    group = [rows[i] for i in joining]
     ids, lengths = right_pad(
-        [list(r.request.prompt_ids) for r in rows], target.pad_token_id, target.device
+        [list(r.request.prompt_ids) for r in group], target.pad_token_id, target.device
     )
     width = ids.shape[1]
     kv_length = cache.begin_forward(width)
     mask = build_step_mask(cache.lengths, kv_length, causal_block(lengths, width), target.dtype)
-    positions = torch.arange(width, device=target.device).expand(len(rows), -1)
-    out = target.forward(ids, positions, mask, cache, select=(lengths - 1)[:, None])
+    positions = torch.arange(width, device=target.device).expand(len(group), -1)
+    features = target.features(ids, positions, mask, cache)  # (B, T, F)
+    if observer is not None:
+        observer.prompts(joining, features, lengths.tolist())
+    last = (lengths - 1)[:, None, None].expand(-1, 1, features.shape[-1])
+    hidden = torch.gather(features, 1, last)[:, 0]  # (B, F)
+    logits = target.logits(hidden)  # (B, V)
     cache.advance(lengths.tolist())
     firsts = []
-    for b, row in enumerate(rows):
+    for b, row in enumerate(group):
         u = row.uniforms.take(0, 1) if row.uniforms is not None else None
-        token = int(choose_tokens(out.logits[b], row.request.params, u)[0])
+        token = int(choose_tokens(logits[b : b + 1], row.request.params, u)[0])
         row.started = started
         row.forwards = 1
         row.finish = extend_until_stop(row.tokens, [token], row.request.stop_rule, decode)
         firsts.append(token)
-    return out.hidden[:, 0], torch.tensor(firsts, device=target.device)
+    return hidden, torch.tensor(firsts, device=target.device)
 
 
 def _step(
@@ -249,6 +321,7 @@ def _step(
     shape: TreeShape,
     static: dict[TreeShape, StaticTree],
     rows: list[_Row],
+    observer: PositionObserver | None = None,
 ) -> Acceptance:
     """One propose -> verify -> accept -> commit_path round for the live rows."""
     assert batch.cache is not None and batch.hidden is not None and batch.roots is not None
@@ -261,7 +334,16 @@ def _step(
     acceptance = accept(
         tree, out.logits, [r.request.params for r in live_rows], _node_uniforms(live_rows, tree)
     )
-    batch.cache.commit_path(acceptance.path_nodes, [a + 1 for a in acceptance.accepted])
+    counts = [a + 1 for a in acceptance.accepted]
+    batch.cache.commit_path(acceptance.path_nodes, counts)
+    if observer is not None:
+        path = acceptance.path_nodes[:, :, None]
+        observer.committed(
+            batch.live,
+            torch.gather(out.hidden, 1, path.expand(-1, -1, out.hidden.shape[-1])),
+            torch.gather(out.logits, 1, path.expand(-1, -1, out.logits.shape[-1])),
+            counts,
+        )
     t2 = time.perf_counter()
     for row in live_rows:
         row.forwards += 1
@@ -290,21 +372,23 @@ def _node_uniforms(rows: list[_Row], tree: TreeBuffers) -> list[torch.Tensor | N
 
 
 def _drop_finished(rows: list[_Row], batch: _Batch) -> None:
-    """Remove finished rows from the batch (cache rows, hidden states, roots)."""
-    keep = [j for j, i in enumerate(batch.live) if rows[i].finish is None]
+    """Remove finished rows from the batch (cache rows, hidden states, roots); the last live
+    rows move into their slots, so only those rows are copied."""
+    survivors = [j for j, i in enumerate(batch.live) if rows[i].finish is None]
     now = time.perf_counter()
     for i in batch.live:
         if rows[i].finish is not None and rows[i].ended is None:
             rows[i].ended = now
-    if len(keep) == len(batch.live):
+    if len(survivors) == len(batch.live):
         return
     assert batch.cache is not None and batch.hidden is not None and batch.roots is not None
+    keep = fill_holes(survivors, len(batch.live))
     batch.live = [batch.live[j] for j in keep]
-    if not keep:
-        batch.cache = batch.hidden = batch.roots = None
-        return
-    index = torch.tensor(keep, device=batch.hidden.device)
+    index = torch.tensor(keep, dtype=torch.long, device=batch.hidden.device)
     batch.cache.select_rows(index)
+    if not keep:
+        batch.hidden = batch.roots = None
+        return
     batch.hidden, batch.roots = batch.hidden[index], batch.roots[index]
 
 

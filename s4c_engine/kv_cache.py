@@ -1,9 +1,10 @@
-"""Our KV cache: one preallocated (L, 2, B, H_kv, S_max, d) tensor with a length per row.
+"""Our KV cache: one preallocated (L, 2, R, H_kv, S_max, d) tensor with a length per row.
 
 It plugs into stock HF models through the public `transformers.cache_utils.Cache` interface
 (attention layers call `update(k, v, layer_idx)`). A forward writes its T new entries per row
 at [len_b, len_b + T) without committing them; the decode loop then commits all of them
 (`advance`) or a selected subset (`commit_path`, gather-compaction of an accepted tree path).
+Rows join and leave a running batch in place (free slots, holes filled by the last rows).
 Masks and positions are built elsewhere (`attention.py`); stale slots past len_b are never
 zeroed, masks hide them.
 """
@@ -44,18 +45,24 @@ class RowKVLayer(CacheLayerMixin):
 
 
 class RowKVCache(Cache):
-    """Preallocated KV storage for B rows with per-row committed lengths.
+    """Preallocated KV storage for B live rows with per-row committed lengths.
 
-    storage: (L, 2, B, H_kv, S_max, d). lengths: (B,) long on the storage device, plus a host
-    copy (`host_lengths`) so sizes never need a device sync.
+    buffer: (L, 2, R, H_kv, S_max, d) with R >= B row slots; rows 0..B-1 are live and
+    `storage` is the view of them. Rows join in free slots (`reserve` + `join_view` +
+    `adopt`) and leave by moving survivors into the holes (`select_rows`), so a batch whose
+    membership changes every few steps copies only the rows that move, never the whole
+    cache. lengths: (B,) long on the storage device, plus a host copy (`host_lengths`) so
+    sizes never need a device sync.
     """
 
-    def __init__(self, storage: torch.Tensor, host_lengths: list[int]) -> None:
-        num_layers = storage.shape[0]
+    def __init__(self, buffer: torch.Tensor, host_lengths: list[int]) -> None:
+        num_layers = buffer.shape[0]
         super().__init__(layers=[RowKVLayer(self, i) for i in range(num_layers)])
-        self.storage = storage
+        if len(host_lengths) > buffer.shape[2]:
+            raise ValueError("more rows than the buffer has slots")
+        self.buffer = buffer
         self.host_lengths = list(host_lengths)
-        self.lengths = torch.tensor(host_lengths, dtype=torch.long, device=storage.device)
+        self.lengths = torch.tensor(host_lengths, dtype=torch.long, device=buffer.device)
         self.kv_length = 0
         self._write_rows: torch.Tensor | None = None
         self._write_pos: torch.Tensor | None = None
@@ -70,27 +77,30 @@ class RowKVCache(Cache):
         *,
         device: torch.device | str,
         dtype: torch.dtype,
+        row_slots: int | None = None,
     ) -> RowKVCache:
-        """Empty cache for `batch_size` rows of up to `capacity` tokens for a HF model config."""
-        num_layers = int(config.num_hidden_layers)  # type: ignore[attr-defined]
-        heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)  # type: ignore[attr-defined]
-        head_dim = int(
-            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        )  # type: ignore[attr-defined]
-        # Zeros, not empty: masked slots are still multiplied by 0 in attention, and
-        # uninitialised memory may hold NaN (NaN * 0 = NaN).
-        storage = torch.zeros(
-            num_layers, 2, batch_size, heads, capacity, head_dim, device=device, dtype=dtype
-        )
-        return cls(storage, [0] * batch_size)
+        """Empty cache of `batch_size` live rows (room for `row_slots`, default the same) of
+        up to `capacity` tokens each, for a HF model config."""
+        slots = max(batch_size, row_slots or 0)
+        buffer = _zeros(_geometry(config), slots, capacity, device, dtype)
+        return cls(buffer, [0] * batch_size)
+
+    @property
+    def storage(self) -> torch.Tensor:
+        """(L, 2, B, H_kv, S_max, d): the live rows (a view into the buffer)."""
+        return self.buffer[:, :, : len(self.host_lengths)]
 
     @property
     def batch_size(self) -> int:
-        return self.storage.shape[2]
+        return len(self.host_lengths)
 
     @property
     def capacity(self) -> int:
-        return self.storage.shape[4]
+        return self.buffer.shape[4]
+
+    @property
+    def row_slots(self) -> int:
+        return self.buffer.shape[2]
 
     @property
     def max_length(self) -> int:
@@ -112,16 +122,17 @@ class RowKVCache(Cache):
             self._write_rows = self._write_pos = None
         else:
             self._write_start = None
-            offsets = torch.arange(num_new, device=self.storage.device)
+            offsets = torch.arange(num_new, device=self.buffer.device)
             self._write_pos = self.lengths[:, None] + offsets  # (B, T)
-            self._write_rows = torch.arange(self.batch_size, device=self.storage.device)[:, None]
+            self._write_rows = torch.arange(self.batch_size, device=self.buffer.device)[:, None]
         return self.kv_length
 
     def write_layer(
         self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (B, H_kv, T, d) keys/values of this forward; return this layer's (B, H, S, d)."""
-        k_store, v_store = self.storage[layer_idx, 0], self.storage[layer_idx, 1]
+        b = self.batch_size
+        k_store, v_store = self.buffer[layer_idx, 0, :b], self.buffer[layer_idx, 1, :b]
         if self._write_start is not None:
             start, end = self._write_start, self._write_start + keys.shape[2]
             k_store[:, :, start:end] = keys
@@ -137,7 +148,7 @@ class RowKVCache(Cache):
     def advance(self, counts: list[int]) -> None:
         """Commit the first counts[b] entries written by the last forward of each row."""
         self.host_lengths = [n + c for n, c in zip(self.host_lengths, counts)]
-        self.lengths = torch.tensor(self.host_lengths, dtype=torch.long, device=self.storage.device)
+        self.lengths = torch.tensor(self.host_lengths, dtype=torch.long, device=self.buffer.device)
 
     def commit_path(self, node_index: torch.Tensor, counts: list[int]) -> None:
         """Keep, per row, the entries of the accepted path and drop the rest of the tree.
@@ -150,35 +161,92 @@ class RowKVCache(Cache):
         if width == 1:  # only the root (node 0, already at slot len_b): nothing moves
             self.advance(counts)
             return
-        rows = torch.arange(self.batch_size, device=self.storage.device)[:, None]
+        storage = self.storage
+        rows = torch.arange(self.batch_size, device=self.buffer.device)[:, None]
         src = self.lengths[:, None] + node_index  # (B, A)
-        dst = self.lengths[:, None] + torch.arange(width, device=self.storage.device)
+        dst = self.lengths[:, None] + torch.arange(width, device=self.buffer.device)
         # (L, 2, B, H, S, d)[:, :, rows, :, src] -> (B, A, L, 2, H, d); gathered before writing,
         # so overlapping source and destination slots are safe.
-        picked = self.storage[:, :, rows, :, src]
-        self.storage[:, :, rows, :, dst] = picked
+        picked = storage[:, :, rows, :, src]
+        storage[:, :, rows, :, dst] = picked
         self.advance(counts)
 
-    def append_rows(self, other: RowKVCache) -> None:
-        """Append other's rows (same model) after ours; capacity becomes the larger one."""
-        capacity = max(self.capacity, other.capacity)
-        parts = [_with_capacity(self.storage, capacity), _with_capacity(other.storage, capacity)]
-        self.storage = torch.cat(parts, dim=2)
-        self.host_lengths = [*self.host_lengths, *other.host_lengths]
-        self.lengths = torch.cat([self.lengths, other.lengths])
+    # ---- rows joining and leaving ------------------------------------------------------------
+
+    def reserve(self, rows: int, capacity: int) -> None:
+        """Make room for `rows` live rows of `capacity` tokens (grows by at least half, so a
+        stream of joins reallocates rarely); live rows keep their contents."""
+        if rows <= self.row_slots and capacity <= self.capacity:
+            return
+        slots = self.row_slots if rows <= self.row_slots else max(rows, self.row_slots * 3 // 2)
+        span = self.capacity if capacity <= self.capacity else max(capacity, self.capacity * 3 // 2)
+        geometry = (self.buffer.shape[0], self.buffer.shape[3], self.buffer.shape[5])
+        buffer = _zeros(geometry, slots, span, self.buffer.device, self.buffer.dtype)
+        used = self.max_length
+        buffer[:, :, : self.batch_size, :, :used] = self.storage[:, :, :, :, :used]
+        self.buffer = buffer
+
+    def join_view(self, rows: int) -> RowKVCache:
+        """An empty cache over the next `rows` free slots (after `reserve`): a prefill through
+        it writes straight into this cache's buffer; `adopt` then makes those rows live."""
+        start = self.batch_size
+        if start + rows > self.row_slots:
+            raise RuntimeError("reserve room before joining rows")
+        return RowKVCache(self.buffer[:, :, start : start + rows], [0] * rows)
+
+    def adopt(self, view: RowKVCache) -> None:
+        """Make the rows prefilled through `join_view` live, after the current ones."""
+        if view.buffer.data_ptr() != self.buffer[:, :, self.batch_size].data_ptr():
+            raise ValueError("the view is not over this cache's next free slots")
+        self.host_lengths = [*self.host_lengths, *view.host_lengths]
+        self.lengths = torch.cat([self.lengths, view.lengths])
 
     def select_rows(self, keep: torch.Tensor) -> None:
-        """Keep only rows `keep` (1-D long, in new order), e.g. to drop finished rows."""
-        keep_list = keep.tolist()
-        self.storage = self.storage[:, :, keep].contiguous()
+        """Keep only rows `keep` (1-D long, in new order), e.g. to drop finished rows. Only
+        rows whose slot changes are copied (their committed entries only)."""
+        keep_list = [int(i) for i in keep.tolist()]
+        moves = [(dst, src) for dst, src in enumerate(keep_list) if dst != src]
+        if moves:
+            used = max(self.host_lengths[src] for _, src in moves)
+            dst_idx = torch.tensor([d for d, _ in moves], device=self.buffer.device)
+            src_idx = torch.tensor([s for _, s in moves], device=self.buffer.device)
+            # The right side is gathered (a copy) before the write, so chains of moves are safe.
+            self.buffer[:, :, dst_idx, :, :used] = self.buffer[:, :, src_idx, :, :used]
         self.host_lengths = [self.host_lengths[i] for i in keep_list]
         self.lengths = self.lengths[keep]
 
 
-def _with_capacity(storage: torch.Tensor, capacity: int) -> torch.Tensor:
-    """storage (L, 2, B, H, S, d) zero-padded along S to `capacity` slots."""
-    missing = capacity - storage.shape[4]
-    if missing == 0:
-        return storage
-    pad = storage.new_zeros(*storage.shape[:4], missing, storage.shape[5])
-    return torch.cat([storage, pad], dim=4)
+def fill_holes(keep: list[int], size: int) -> list[int]:
+    """An order of the surviving rows `keep` (ascending indices into `size` rows) in which
+    as few rows as possible change slot: survivors stay put, the last ones fill the holes."""
+    count = len(keep)
+    staying = [i for i in keep if i < count]
+    movers = [i for i in keep if i >= count]
+    taken = set(staying)
+    order = []
+    for slot in range(count):
+        order.append(slot if slot in taken else movers.pop())
+    return order
+
+
+def _geometry(config: object) -> tuple[int, int, int]:
+    """(layers, KV heads, head dim) of a HF model config."""
+    num_layers = int(config.num_hidden_layers)  # type: ignore[attr-defined]
+    heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)  # type: ignore[attr-defined]
+    head_dim = int(
+        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads  # type: ignore[attr-defined]
+    )
+    return num_layers, heads, head_dim
+
+
+def _zeros(
+    geometry: tuple[int, int, int],
+    slots: int,
+    capacity: int,
+    device: torch.device | str,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    # Zeros, not empty: masked slots are still multiplied by 0 in attention, and
+    # uninitialised memory may hold NaN (NaN * 0 = NaN).
+    layers, heads, head_dim = geometry
+    return torch.zeros(layers, 2, slots, heads, capacity, head_dim, device=device, dtype=dtype)

@@ -101,6 +101,20 @@ class Target:
         cache.kv_length after `cache.begin_forward(T)`; select: (B, M) indices into T of the
         positions whose hidden states and logits are returned (all T when None).
         """
+        hidden = self.features(input_ids, position_ids, attention_mask, cache)
+        if select is not None:
+            hidden = torch.gather(hidden, 1, select[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        return TargetOutput(hidden=hidden, logits=self.logits(hidden))
+
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: RowKVCache,
+    ) -> torch.Tensor:
+        """`forward` without the vocabulary projection: (B, T, F) features of every new
+        token (last hidden state after the final norm, then the captured layers)."""
         out = self.decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -112,8 +126,10 @@ class Target:
         if self.feature_layers:
             parts = [hidden, *(self._captured.pop(i) for i in self.feature_layers)]
             hidden = torch.cat(parts, -1)  # (B, T, F)
-        if select is not None:
-            hidden = torch.gather(hidden, 1, select[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        return hidden
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Target logits (..., V) from features (..., F) (their first D columns)."""
         d = self.config.hidden_size
-        last = hidden[..., :d] if self.feature_layers else hidden
-        return TargetOutput(hidden=hidden, logits=self.lm_head(last))
+        last = features[..., :d] if self.feature_layers else features
+        return self.lm_head(last)

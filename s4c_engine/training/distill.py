@@ -1,11 +1,14 @@
 """Self-distillation data: the frozen target answers training prompts; we record what it saw.
 
-For every answer we keep the prompt and answer token ids (JSONL index) and, per answer
+For every answer we keep the prompt and answer token ids (JSONL index) and, per stored
 position j, the target's final hidden state h_j (post final norm, the lm_head input, fp16),
 the residual stream after each decoder layer in `feature_layers` (fp16, `layer<i>` tensors) and
-its top-k logits, where h_j is the state whose lm_head output predicts answer token j. That
-is the whole feature cache: training never runs the target again. Shards are appended, so a
-stopped run resumes by skipping ids already in the index. Greedy decoding only.
+its top-k logits, where h_j is the state whose lm_head output predicts token j + 1. That
+is the whole feature cache: training never runs the target again. The features are recorded
+while the target answers (a `PositionObserver` on the engine's batched decoding: the prefill
+yields the prompt positions, each decode step the position it commits), so nothing is
+computed twice. Shards are appended, so a stopped run resumes by skipping ids already in the
+index. Greedy decoding only.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch import nn
 from tqdm import tqdm
 
 from s4c_engine.config import ChatMessage, Prompt, SamplingParams
@@ -44,14 +46,14 @@ class DistillConfig:
     out_dir: Path
     per_category: int = 1500
     seed: int = 0
-    batch_size: int = 32  # rows decoding together while answering
+    batch_size: int = 48  # rows decoding together while answering
+    block_size: int = 768  # prompts per shard (a stopped run redoes at most one block)
     max_new_tokens: int = 160
     max_prompt_tokens: int = 768
     top_k: int = 32
     feature_layers: tuple[int, ...] = ()  # decoder layers whose outputs are kept too
     answers: bool = True  # False: no answers, only the prompts' own positions are stored
     prompt_positions: bool = True  # store prompt positions too (not just answer positions)
-    forward_tokens: int = 8192  # padded tokens per teacher-forced forward
     dtype: str = "float32"  # "bfloat16" is ~4x faster on CPUs with AMX (noisier features)
     limit: int | None = None  # answer at most this many new prompts in this call
     max_samples: int | None = None  # stop once the index holds this many samples
@@ -116,76 +118,101 @@ def prompt_header_length(codec: PromptCodec) -> int:
     return same
 
 
-def answer_greedily(
+class FeatureRecorder:
+    """A `PositionObserver` that keeps, per request, the features and top-k logits of the
+    positions from starts[r] on (fp16 / int32, on the CPU), as `distill_block` stores them."""
+
+    def __init__(
+        self, target: Target, starts: list[int], top_k: int, feature_layers: tuple[int, ...]
+    ) -> None:
+        self.target = target
+        self.starts = starts
+        self.top_k = top_k
+        self.feature_layers = feature_layers
+        self.hidden: list[list[torch.Tensor]] = [[] for _ in starts]
+        self.values: list[list[torch.Tensor]] = [[] for _ in starts]
+        self.ids: list[list[torch.Tensor]] = [[] for _ in starts]
+
+    def prompts(self, requests: list[int], hidden: torch.Tensor, lengths: list[int]) -> None:
+        kept = [hidden[b, self.starts[r] : n] for b, (r, n) in enumerate(zip(requests, lengths))]
+        flat = torch.cat(kept)  # (M, F)
+        values, ids = [], []
+        for chunk in flat.split(2048):  # bounded (chunk, V) logits
+            v, i = self.target.logits(chunk).float().topk(self.top_k, dim=-1)
+            values.append(v)
+            ids.append(i)
+        self._keep(requests, [len(k) for k in kept], flat, torch.cat(values), torch.cat(ids))
+
+    def committed(
+        self, requests: list[int], hidden: torch.Tensor, logits: torch.Tensor, counts: list[int]
+    ) -> None:
+        values, ids = logits.float().topk(self.top_k, dim=-1)  # (B, A, k)
+        flat = [(b, a) for b, c in enumerate(counts) for a in range(c)]
+        rows = torch.tensor([b for b, _ in flat])
+        cols = torch.tensor([a for _, a in flat])
+        self._keep(requests, counts, hidden[rows, cols], values[rows, cols], ids[rows, cols])
+
+    def _keep(
+        self,
+        requests: list[int],
+        counts: list[int],
+        hidden: torch.Tensor,
+        values: torch.Tensor,
+        ids: torch.Tensor,
+    ) -> None:
+        h = hidden.to(torch.float16).cpu().split(counts)
+        v = values.to(torch.float16).cpu().split(counts)
+        i = ids.to(torch.int32).cpu().split(counts)
+        for r, hr, vr, ir in zip(requests, h, v, i):
+            self.hidden[r].append(hr)
+            self.values[r].append(vr)
+            self.ids[r].append(ir)
+
+    def output(self, prompts: list[list[int]], answers: list[list[int]]) -> BatchOutput:
+        """The stored positions of every request: [starts[r], len(prompt + answer) - 1), the
+        last token predicting nothing that was kept."""
+        d = int(self.target.config.hidden_size)
+        out = BatchOutput(answers, [], [], [], {i: [] for i in self.feature_layers}, [])
+        for r, (prompt, answer) in enumerate(zip(prompts, answers)):
+            n = len(prompt) + len(answer) - 1 - self.starts[r]
+            hidden = torch.cat(self.hidden[r])[:n]
+            out.hidden.append(hidden[:, :d].contiguous())
+            for j, layer in enumerate(self.feature_layers):
+                out.layers[layer].append(hidden[:, d * (j + 1) : d * (j + 2)].contiguous())
+            out.topk_values.append(torch.cat(self.values[r])[:n])
+            out.topk_ids.append(torch.cat(self.ids[r])[:n])
+            out.starts.append(self.starts[r])
+        return out
+
+
+def distill_block(
     target: Target,
     prompts: list[list[int]],
+    starts: list[int],
     *,
     eos_ids: set[int],
     max_new_tokens: int,
     max_batch_size: int,
-) -> list[list[int]]:
-    """The target's own greedy answers (EOS included when reached), by the engine's plain
-    batched decoding: finished rows leave and waiting prompts join, so nothing is padded."""
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
-    rule = StopRule(frozenset(eos_ids), max_new_tokens, ())
+    top_k: int,
+    feature_layers: tuple[int, ...] = (),
+    answers: bool = True,
+) -> BatchOutput:
+    """The target's own greedy answers (EOS included when reached) to `prompts`, by the
+    engine's plain batched decoding (finished rows leave, waiting prompts join), with the
+    features of every position from starts[r] on recorded on the way. answers=False only
+    prefills: the prompts' own positions, no answers."""
+    new_tokens = max_new_tokens if answers else 1
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0)
+    rule = StopRule(frozenset(eos_ids), new_tokens, ())
+    recorder = FeatureRecorder(target, starts, top_k, feature_layers)
     outputs = decode_batch(
         target,
         [DecodeRequest(tuple(ids), params, rule) for ids in prompts],
         max_batch_size=max_batch_size,
+        observer=recorder,
     )
-    return [list(out.token_ids) for out in outputs]
-
-
-@torch.inference_mode()
-def teacher_forced(
-    model: nn.Module,
-    sequences: list[list[int]],
-    starts: list[int],
-    *,
-    top_k: int,
-    feature_layers: tuple[int, ...] = (),
-    pad_id: int = 0,
-) -> BatchOutput:
-    """One forward over whole sequences (prompt + answer, right-padded, which a causal model
-    never attends to): for positions j in [starts[r], len_r - 1) it records the final hidden
-    state h_j (post final norm, the lm_head input), the top-k logits that predict token j+1
-    and the residual stream after each decoder layer in `feature_layers`."""
-    device = next(model.parameters()).device
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for r, seq in enumerate(sequences):
-        input_ids[r, : len(seq)] = torch.tensor(seq)
-        mask[r, : len(seq)] = 1
-    captured: dict[int, torch.Tensor] = {}
-
-    def capture_layer(i: int):  # type: ignore[no-untyped-def]
-        def hook(_module: nn.Module, _args: object, output: object) -> None:
-            captured[i] = output[0] if isinstance(output, tuple) else output  # type: ignore[assignment]
-
-        return hook
-
-    decoder = model.base_model  # type: ignore[union-attr]
-    handles = [decoder.layers[i].register_forward_hook(capture_layer(i)) for i in feature_layers]
-    try:
-        out = decoder(input_ids=input_ids.to(device), attention_mask=mask.to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    hidden = out.last_hidden_state
-    lm_head = model.get_output_embeddings()  # type: ignore[operator]
-    result = BatchOutput([], [], [], [], {i: [] for i in feature_layers}, [])
-    for r, seq in enumerate(sequences):
-        lo, hi = starts[r], len(seq) - 1
-        h = hidden[r, lo:hi]
-        values, ids = lm_head(h).float().topk(top_k, dim=-1)
-        result.hidden.append(h.to(torch.float16).cpu())
-        result.topk_values.append(values.to(torch.float16).cpu())
-        result.topk_ids.append(ids.to(torch.int32).cpu())
-        for i in feature_layers:
-            result.layers[i].append(captured[i][r, lo:hi].to(torch.float16).cpu())
-        result.starts.append(lo)
-    return result
+    texts = [list(out.token_ids) if answers else [] for out in outputs]
+    return recorder.output(prompts, texts)
 
 
 def write_shard(
@@ -257,73 +284,34 @@ def run_distill(config: DistillConfig) -> int:
     made = tokens = positions = 0
     start = time.perf_counter()
     bar = tqdm(total=len(encoded), desc="distill", unit="prompt")
-    block = config.batch_size * 2
-    for first in range(0, len(encoded), block):
-        items = sorted(encoded[first : first + block], key=lambda e: len(e.ids))
+    for first in range(0, len(encoded), config.block_size):
+        # Similar lengths together: less prefill padding, similar cache lengths per step.
+        items = sorted(encoded[first : first + config.block_size], key=lambda e: len(e.ids))
         prompts = [item.ids for item in items]
-        answers = (
-            answer_greedily(
-                target,
-                prompts,
-                eos_ids=eos_ids,
-                max_new_tokens=config.max_new_tokens,
-                max_batch_size=config.batch_size,
-            )
-            if config.answers
-            else [[] for _ in items]
-        )
-        # Teacher forcing pads to the longest sequence of a slice: order by total length.
-        order = sorted(range(len(items)), key=lambda i: len(prompts[i]) + len(answers[i]))
-        items = [items[i] for i in order]
-        prompts = [prompts[i] for i in order]
-        answers = [answers[i] for i in order]
-        sequences = [p + a for p, a in zip(prompts, answers)]
         starts = [
             min(header, len(p) - 1) if config.prompt_positions else len(p) - 1 for p in prompts
         ]
-        out = _teacher_forced_in_slices(target.model, sequences, starts, config)
-        out.answers.extend(answers)
+        out = distill_block(
+            target,
+            prompts,
+            starts,
+            eos_ids=eos_ids,
+            max_new_tokens=config.max_new_tokens,
+            max_batch_size=config.batch_size,
+            top_k=config.top_k,
+            feature_layers=config.feature_layers,
+            answers=config.answers,
+        )
         write_shard(config.out_dir, f"shard-{shard_no:06d}.safetensors", items, out)
         shard_no += 1
         made += len(items)
-        tokens += sum(len(a) for a in answers)
+        tokens += sum(len(a) for a in out.answers)
         positions += sum(int(h.shape[0]) for h in out.hidden)
         bar.update(len(items))
         seconds = time.perf_counter() - start
         bar.set_postfix(answer_tok_s=f"{tokens / seconds:.1f}", pos_s=f"{positions / seconds:.0f}")
     bar.close()
     return made
-
-
-def _teacher_forced_in_slices(
-    model: nn.Module, sequences: list[list[int]], starts: list[int], config: DistillConfig
-) -> BatchOutput:
-    """`teacher_forced` over slices of at most `forward_tokens` padded tokens (`sequences`
-    sorted by length, so a slice pads to its last sequence)."""
-    merged = BatchOutput([], [], [], [], {i: [] for i in config.feature_layers}, [])
-    first = 0
-    while first < len(sequences):
-        last = first + 1
-        while (
-            last < len(sequences)
-            and (last + 1 - first) * len(sequences[last]) <= config.forward_tokens
-        ):
-            last += 1
-        part = teacher_forced(
-            model,
-            sequences[first:last],
-            starts[first:last],
-            top_k=config.top_k,
-            feature_layers=config.feature_layers,
-        )
-        merged.hidden.extend(part.hidden)
-        merged.topk_values.extend(part.topk_values)
-        merged.topk_ids.extend(part.topk_ids)
-        merged.starts.extend(part.starts)
-        for i in config.feature_layers:
-            merged.layers[i].extend(part.layers[i])
-        first = last
-    return merged
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -334,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--per-category", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=48)
+    p.add_argument("--block-size", type=int, default=768)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--max-prompt-tokens", type=int, default=768)
     p.add_argument("--top-k", type=int, default=32)

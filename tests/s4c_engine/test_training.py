@@ -14,9 +14,8 @@ from s4c_engine.target import Target
 from s4c_engine.training.data import build_draft_vocab, load_splits
 from s4c_engine.training.distill import (
     EncodedPrompt,
-    answer_greedily,
+    distill_block,
     load_done_ids,
-    teacher_forced,
     write_shard,
 )
 from s4c_engine.training.prompts import TrainPrompt, balanced_mix
@@ -53,19 +52,19 @@ def distilled_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
             for r in range(8)
         ]
         prompts = [e.ids for e in items]
-        answers = answer_greedily(
-            target, prompts, eos_ids={EOS}, max_new_tokens=24, max_batch_size=5
-        )
         # Shard 3 stores answer positions only (start = len(prompt) - 1), like old records.
         starts = [HEADER if shard < 3 else len(p) - 1 for p in prompts]
-        result = teacher_forced(
-            target.model,
-            [p + a for p, a in zip(prompts, answers)],
+        # Recorded while answering, 5 rows at a time: rows leave and join mid-block.
+        result = distill_block(
+            target,
+            prompts,
             starts,
+            eos_ids={EOS},
+            max_new_tokens=24,
+            max_batch_size=5,
             top_k=8,
             feature_layers=(0,),
         )
-        result.answers.extend(answers)
         write_shard(out, f"shard-{shard:06d}.safetensors", items, result)
     return out
 
@@ -97,7 +96,7 @@ def test_distilled_states_reproduce_the_targets_logits(
         start, p = rec["start"], len(rec["prompt_ids"])
         assert start == (HEADER if k < 24 else p - 1)
         n = len(seq) - 1 - start
-        if k in (5, 27):  # one record with prompt positions, one with answers only
+        if k in (0, 5, 7, 27):  # records with prompt positions, one with answers only
             with torch.no_grad():
                 out = model(torch.tensor([seq]), output_hidden_states=True)
             rows = slice(offset, offset + n)
@@ -107,6 +106,8 @@ def test_distilled_states_reproduce_the_targets_logits(
             layer0 = data.layers[0][rows].float()
             assert torch.allclose(layer0, out.hidden_states[1][0, start : start + n], atol=2e-2)
             assert data.token[rows].tolist() == seq[start + 1 :]
+            want = out.logits[0, start : start + n].topk(8, dim=-1)
+            assert torch.allclose(data.topk_values[rows].float(), want.values, atol=2e-2)
             assert data.is_answer[rows].tolist() == [j >= p - 1 for j in range(start, start + n)]
             # On answer positions the stored token is the target's greedy (top-1) token.
             answer = data.is_answer[rows]
