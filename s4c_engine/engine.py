@@ -68,14 +68,19 @@ class Engine:
         dtype: str = "float32",
         max_batch_size: int = 16,
         policy: TreePolicy | None = None,
+        narrow_kernels: bool | None = None,
     ) -> Engine:
         """Load a HF causal-LM directory; heads from heads_path, else the shipped ones for
         `method`, else plain decoding (logged). HeadsMismatchError for heads of another model.
         policy: tree sizes by batch size (default: the measured CPU or GPU table).
+        narrow_kernels: few-row products (tree verification, small batches) through
+        `narrow_linear` (default: on the CPU in fp32).
         """
         model_dir = Path(model_dir)
         info = read_model_info(model_dir, model_dir.name)
-        target = Target.load(model_dir, device=device, dtype=dtype)
+        if narrow_kernels is None:
+            narrow_kernels = device == "cpu" and dtype == "float32"
+        target = Target.load(model_dir, device=device, dtype=dtype, narrow_kernels=narrow_kernels)
         heads = None
         if method != "ar":
             path = heads_path if heads_path is not None else shipped_heads_path(info.name, method)

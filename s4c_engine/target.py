@@ -69,14 +69,30 @@ class Target:
         self.feature_layers = tuple(layers)
 
     @classmethod
-    def load(cls, model_dir: Path, *, device: str = "cpu", dtype: str = "float32") -> Target:
-        """Load a HF causal-LM directory with SDPA attention, in eval mode."""
+    def load(
+        cls,
+        model_dir: Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        narrow_kernels: bool = False,
+    ) -> Target:
+        """Load a HF causal-LM directory with SDPA attention, in eval mode. narrow_kernels:
+        an fp32 CPU model runs its few-row products (tree verification) through
+        `narrow_linear` (ignored where the kernel cannot run)."""
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
             str(model_dir), dtype=DTYPES[dtype], attn_implementation="sdpa"
         )
-        return cls(model.to(device).eval())
+        model = model.to(device).eval()
+        if narrow_kernels and torch.device(device).type == "cpu" and dtype == "float32":
+            from s4c_engine.narrow_linear import load_kernel, use_narrow_linears
+
+            kernel = load_kernel()
+            if kernel is not None:
+                use_narrow_linears(model, kernel)
+        return cls(model)
 
     @property
     def vocab_size(self) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 from s4c_engine.training.distill import INDEX_FILE, SHARD_DIR
 
@@ -27,7 +27,7 @@ from s4c_engine.training.distill import INDEX_FILE, SHARD_DIR
 class PositionData:
     """Flat per-position arrays of one split; N positions, D hidden, k stored logits.
 
-    hidden (N, D) fp16; token (N,) long; topk_ids (N, k) long; topk_values (N, k) fp16;
+    hidden (N, D) fp16; token (N,) long; topk_ids (N, k) int32; topk_values (N, k) fp16;
     depth_left (N,) long = positions left in this sample including this one;
     category (N,) long index into `categories`; is_answer (N,) bool; layers: decoder layer
     index -> (N, D) fp16 outputs of that layer (those the heads use and the shards hold).
@@ -81,76 +81,102 @@ def load_splits(
     layers: tuple[int, ...] = (),
 ) -> DistilledSplits:
     """Load the samples (first `limit`) and split them by id into train and validation;
-    `layers` names the stored decoder-layer features to load too."""
+    `layers` names the stored decoder-layer features to load too.
+
+    Each split's arrays are allocated once at their final size and filled shard by shard,
+    reading only the tensors asked for, so memory peaks at the result plus one shard's
+    tensors (not twice the data set)."""
     records = read_index(data_dir, limit)
     categories = tuple(sorted({str(r["category"]) for r in records}))
-    shards: dict[str, dict[str, torch.Tensor]] = {}
-    parts: dict[bool, list[tuple[dict[str, object], dict[str, torch.Tensor]]]] = {
-        False: [],
-        True: [],
+    splits = {
+        val: [r for r in records if is_validation(str(r["id"]), val_percent) == val]
+        for val in (False, True)
     }
+    with safe_open(str(data_dir / SHARD_DIR / str(records[0]["shard"])), framework="pt") as first:
+        width = int(first.get_slice("hidden").get_shape()[1])
+        top_k = int(first.get_slice("topk_ids").get_shape()[1])
+    data = {val: _allocate(rs, categories, layers, width, top_k) for val, rs in splits.items()}
+    by_shard: dict[str, list[tuple[bool, dict[str, object]]]] = {}
+    for val, rs in splits.items():
+        for rec in rs:
+            by_shard.setdefault(str(rec["shard"]), []).append((val, rec))
+    offsets = {val: _offsets(rs) for val, rs in splits.items()}
+    keys = ["hidden", "topk_ids", "topk_values", *(f"layer{i}" for i in layers)]
+    for name in sorted(by_shard):
+        with safe_open(str(data_dir / SHARD_DIR / name), framework="pt") as shard:
+            stored = set(shard.keys())
+            for i in layers:
+                if f"layer{i}" not in stored:
+                    raise ValueError(f"the distilled shards hold no features of decoder layer {i}")
+            tensors = {k: shard.get_tensor(k) for k in keys}
+        for val, rec in by_shard[name]:
+            n = _positions(rec)
+            if n <= 0:
+                continue
+            at, off = offsets[val][str(rec["id"])], int(rec["offset"])  # type: ignore[call-overload]
+            out = data[val]
+            out.hidden[at : at + n] = tensors["hidden"][off : off + n]
+            out.topk_ids[at : at + n] = tensors["topk_ids"][off : off + n]
+            out.topk_values[at : at + n] = tensors["topk_values"][off : off + n]
+            for i in layers:
+                out.layers[i][at : at + n] = tensors[f"layer{i}"][off : off + n]
+        del tensors
+    return DistilledSplits(train=data[False], val=data[True])
+
+
+def _positions(rec: dict[str, object]) -> int:
+    """Stored positions of a record: j in [start, len(prompt) + len(answer) - 1). Records
+    without "start" hold answer positions only (j from len(prompt) - 1)."""
+    prompt = len(rec["prompt_ids"])  # type: ignore[arg-type]
+    start = int(rec.get("start", prompt - 1))  # type: ignore[call-overload]
+    return prompt + len(rec["answer_ids"]) - 1 - start  # type: ignore[arg-type]
+
+
+def _offsets(records: list[dict[str, object]]) -> dict[str, int]:
+    """Where each record's positions begin in its split's flat arrays (index order)."""
+    out, at = {}, 0
     for rec in records:
-        name = str(rec["shard"])
-        if name not in shards:
-            shards[name] = load_file(str(data_dir / SHARD_DIR / name))
-        parts[is_validation(str(rec["id"]), val_percent)].append((rec, shards[name]))
-    return DistilledSplits(
-        train=_flatten(parts[False], categories, layers),
-        val=_flatten(parts[True], categories, layers),
-    )
+        out[str(rec["id"])] = at
+        at += max(0, _positions(rec))
+    return out
 
 
-def _flatten(
-    items: list[tuple[dict[str, object], dict[str, torch.Tensor]]],
+def _allocate(
+    records: list[dict[str, object]],
     categories: tuple[str, ...],
-    layers: tuple[int, ...] = (),
+    layers: tuple[int, ...],
+    width: int,
+    top_k: int,
 ) -> PositionData:
-    hidden, token, ids, values, left, cat, answer = [], [], [], [], [], [], []
-    feats: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
-    for rec, shard in items:
-        prompt = list(rec["prompt_ids"])  # type: ignore[call-overload]
-        seq = prompt + list(rec["answer_ids"])  # type: ignore[call-overload]
-        # Records without "start" hold answer positions only (j from len(prompt) - 1).
-        start = int(rec.get("start", len(prompt) - 1))  # type: ignore[attr-defined]
-        n, off = len(seq) - 1 - start, int(rec["offset"])  # type: ignore[call-overload]
+    """A split's PositionData at its final size: tokens, depths, categories and answer flags
+    filled from the index; features and logits zero until `load_splits` copies them in."""
+    token, left, cat, answer = [], [], [], []
+    kept = 0
+    for rec in records:
+        n = _positions(rec)
         if n <= 0:
             continue
-        hidden.append(shard["hidden"][off : off + n])
-        ids.append(shard["topk_ids"][off : off + n].long())
-        values.append(shard["topk_values"][off : off + n])
-        for i in layers:
-            if f"layer{i}" not in shard:
-                raise ValueError(f"the distilled shards hold no features of decoder layer {i}")
-            feats[i].append(shard[f"layer{i}"][off : off + n])
+        prompt = list(rec["prompt_ids"])  # type: ignore[call-overload]
+        seq = prompt + list(rec["answer_ids"])  # type: ignore[call-overload]
+        start = len(seq) - 1 - n
         token.append(torch.tensor(seq[start + 1 :], dtype=torch.long))
         left.append(torch.arange(n, 0, -1, dtype=torch.long))
         cat.append(torch.full((n,), categories.index(str(rec["category"])), dtype=torch.long))
         answer.append(torch.arange(start, start + n) >= len(prompt) - 1)
-    if not hidden:  # e.g. val_percent 0: an empty split evaluates to nothing
-        empty = torch.zeros(0, dtype=torch.long)
-        return PositionData(
-            torch.zeros(0, 0),
-            empty,
-            torch.zeros(0, 0, dtype=torch.long),
-            torch.zeros(0, 0),
-            empty,
-            empty,
-            categories,
-            0,
-            torch.zeros(0, dtype=torch.bool),
-            {i: torch.zeros(0, 0) for i in layers},
-        )
+        kept += 1
+    total = sum(len(t) for t in token)
+    empty = torch.zeros(0, dtype=torch.long)
     return PositionData(
-        hidden=torch.cat(hidden),
-        token=torch.cat(token),
-        topk_ids=torch.cat(ids),
-        topk_values=torch.cat(values),
-        depth_left=torch.cat(left),
-        category=torch.cat(cat),
+        hidden=torch.zeros(total, width, dtype=torch.float16),
+        token=torch.cat(token) if token else empty,
+        topk_ids=torch.zeros(total, top_k, dtype=torch.int32),
+        topk_values=torch.zeros(total, top_k, dtype=torch.float16),
+        depth_left=torch.cat(left) if left else empty,
+        category=torch.cat(cat) if cat else empty,
         categories=categories,
-        num_samples=len(items),
-        is_answer=torch.cat(answer),
-        layers={i: torch.cat(v) for i, v in feats.items()},
+        num_samples=kept,
+        is_answer=torch.cat(answer) if answer else torch.zeros(0, dtype=torch.bool),
+        layers={i: torch.zeros(total, width, dtype=torch.float16) for i in layers},
     )
 
 

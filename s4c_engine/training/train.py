@@ -137,7 +137,7 @@ def make_batch(
     return Batch(
         hidden=features(data, idx, layers).to(device),
         path=data.token[rows[:, :num_heads]].to(device),
-        teacher_ids=data.topk_ids[tgt].to(device),
+        teacher_ids=data.topk_ids[tgt].long().to(device),
         teacher_values=data.topk_values[tgt].float().to(device),
         valid=valid.to(device),
         greedy=data.token[tgt].to(device),

@@ -1,0 +1,116 @@
+"""Linear layers for verification-width forwards on CPUs: a packed fp32 AVX-512 kernel.
+
+Verifying a draft tree runs the target over a few tokens per row (2..32 rows of x). On a CPU
+such a product should cost about what one token costs (every weight is read once either
+way), but stock BLAS kernels for skinny fp32 matrices run two to three times slower than that,
+which eats most of what speculation saves. `NarrowLinear` replaces a model's `nn.Linear`
+(the public module tree, as quantisation libraries do; no modeling code is forked): inputs
+of `min_rows..max_rows` rows go through our kernel (`csrc/narrow_linear.cpp`, weights packed
+once into 16-column panels), all others (one-token decoding, prefill, training) through the
+stock `F.linear` on the same weight. Results equal `F.linear` up to fp32 summation order.
+
+The kernel is compiled on first use (torch's C++ extension builder, cached in torch's
+extension directory); without AVX-512 or a compiler the model keeps its stock layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "narrow_linear.cpp"
+EXTENSION_NAME = "s4c_narrow_linear"
+
+
+def load_kernel() -> ModuleType | None:
+    """The compiled kernel module, or None (logged) where this CPU or machine cannot run it."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if "AVX512" not in capability:
+        log.info("CPU capability %s has no AVX-512: stock linear layers", capability)
+        return None
+    from torch.utils.cpp_extension import load
+
+    _put_ninja_on_path()
+    try:
+        return load(
+            name=EXTENSION_NAME,
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-mavx512f", "-mfma"],
+            verbose=False,
+        )
+    except (RuntimeError, OSError, ImportError) as exc:  # no compiler, no ninja, build error
+        log.warning("narrow linear kernel unavailable (%s): stock linear layers", exc)
+        return None
+
+
+def _put_ninja_on_path() -> None:
+    """torch builds with the `ninja` it finds on PATH; a venv that was not activated has its
+    pip-installed ninja (a dependency) beside the interpreter only, so point PATH there."""
+    if shutil.which("ninja") is not None:
+        return
+    try:
+        import ninja  # type: ignore[import-untyped]
+    except ImportError:
+        return
+    os.environ["PATH"] = os.pathsep.join([str(ninja.BIN_DIR), os.environ.get("PATH", "")])
+
+
+class NarrowLinear(nn.Module):
+    """An `nn.Linear` whose few-row inputs use the packed kernel.
+
+    Shares `weight` and `bias` with the layer it replaces (tied embeddings stay tied) and
+    holds the packed copy (a frozen buffer: inference only, fp32 on the CPU).
+    """
+
+    def __init__(
+        self, linear: nn.Linear, kernel: ModuleType, min_rows: int = 2, max_rows: int = 32
+    ) -> None:
+        super().__init__()
+        if linear.weight.dtype != torch.float32 or linear.weight.device.type != "cpu":
+            raise ValueError("NarrowLinear needs an fp32 layer on the CPU")
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.kernel = kernel
+        self.min_rows = min_rows
+        self.max_rows = max_rows
+        packed = kernel.pack_weight(linear.weight.detach())
+        self.register_buffer("packed", packed, persistent=False)  # (ceil(N/16), K, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if not self.min_rows <= rows <= self.max_rows or (
+            torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        ):
+            return functional.linear(x, self.weight, self.bias)
+        flat = x.reshape(rows, self.in_features).contiguous()
+        y = self.kernel.narrow_linear(flat, self.packed, self.out_features)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def use_narrow_linears(
+    model: nn.Module, kernel: ModuleType, *, min_rows: int = 2, max_rows: int = 32
+) -> int:
+    """Replace every fp32 CPU `nn.Linear` in `model` (lm_head included) by a NarrowLinear;
+    returns how many were replaced."""
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and child.weight.dtype == torch.float32:
+                if child.weight.device.type != "cpu":
+                    continue
+                setattr(parent, name, NarrowLinear(child, kernel, min_rows, max_rows))
+                count += 1
+    return count
