@@ -61,6 +61,9 @@ class TrainConfig:
     eval_every: int = 1000
     stop_after: int | None = None  # pause at this step (checkpointed); rerun to continue
     save_dtype: str = "float32"  # dtype of the written heads ("float16" halves the file)
+    # bf16 autocast for the training forward/backward (matmuls on AMX/tensor cores; weights,
+    # optimizer state and evaluation stay fp32)
+    autocast: bool = False
     seed: int = 0
     threads: int | None = None
     device: str = "cpu"
@@ -164,13 +167,16 @@ def head_losses(
     for i in range(heads.num_heads):
         path = batch.path[:, : i + 1] if heads.config.kind == "s4c" else None
         features = heads.head_features(i, hidden, path)  # (B, D)
-        logq = torch.log_softmax(features @ heads.draft_lm_head.T, dim=-1)  # (B, Vd)
+        # fp32 softmax and regression even under bf16 autocast (only the matmuls drop)
+        logq = torch.log_softmax((features @ heads.draft_lm_head.T).float(), dim=-1)  # (B, Vd)
         draft = heads.target_to_draft[batch.teacher_ids[i]]  # (B, k), -1 outside
         inside = draft >= 0
         p = torch.softmax(batch.teacher_values[i].masked_fill(~inside, -math.inf), dim=-1)
         ok = batch.valid[i] & inside.any(-1)
         ce = -(p.nan_to_num(0.0) * logq.gather(1, draft.clamp(min=0))).sum(-1)  # (B,)
-        reg = torch.nn.functional.smooth_l1_loss(features, batch.future[i], reduction="none")
+        reg = torch.nn.functional.smooth_l1_loss(
+            features.float(), batch.future[i], reduction="none"
+        )
         count = ok.sum().clamp(min=1)
         ces.append((ce * ok).sum() / count)
         feats.append((reg.mean(-1) * batch.valid[i]).sum() / count)
@@ -309,8 +315,11 @@ def train_heads(config: TrainConfig) -> TrainResult:
         idx = batch_indices(eligible, step, config)
         batch = make_batch(splits.train, idx, heads.num_heads, config.device, config.feature_layers)
         noise_gen = torch.Generator().manual_seed(config.seed * 100_003 + step)
-        out = head_losses(heads, batch, config.noise, noise_gen)
-        loss = (weights * (out.ce + config.feature_weight * out.feature)).sum()
+        with torch.autocast(
+            torch.device(config.device).type, dtype=torch.bfloat16, enabled=config.autocast
+        ):
+            out = head_losses(heads, batch, config.noise, noise_gen)
+            loss = (weights * (out.ce.float() + config.feature_weight * out.feature.float())).sum()
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
