@@ -16,10 +16,13 @@ import torch
 
 from s4c_engine.attention import build_step_mask
 from s4c_engine.config import ChatMessage, Prompt, SamplingParams
+from s4c_engine.decoding import decode_batch
+from s4c_engine.drafting import TreeShape
 from s4c_engine.engine import Engine
 from s4c_engine.heads import DraftHeads, HeadConfig
 from s4c_engine.kv_cache import RowKVCache
 from s4c_engine.target import Target
+from s4c_engine.tree_policy import PLAIN_POLICY, TreePolicy
 
 PROMPTS = [
     "Explain how a bicycle gear system works.",
@@ -75,6 +78,54 @@ def end_to_end(engine: Engine, max_tokens: int, count: int) -> None:
         )
 
 
+def held_out_prompts(train_dir: Path, count: int, val_percent: float = 3.0) -> list[Prompt]:
+    """`count` training prompts from the heads' validation split (never trained on), spread
+    over the categories; never Spec-Bench, so tree sizes are not tuned to the benchmark."""
+    from s4c_engine.training.data import is_validation
+    from s4c_engine.training.prompts import balanced_mix, read_train_prompts
+
+    rows = [r for r in balanced_mix(read_train_prompts(train_dir), 10**9, 0)]
+    held = [r for r in rows if is_validation(r.id, val_percent) and len(r.prompt) < 3000]
+    return [Prompt(messages=(ChatMessage("user", r.prompt),)) for r in held[:count]]
+
+
+def sweep(
+    engine: Engine,
+    prompts: list[Prompt],
+    policies: dict[str, TreePolicy],
+    batch_size: int,
+    max_tokens: int,
+) -> None:
+    """Greedy tokens/s and tau of fixed trees (no tuner) vs plain decoding, batches of
+    `batch_size` prompts, every candidate interleaved batch by batch."""
+    params = [SamplingParams(max_tokens=max_tokens)] * batch_size
+    totals = {name: [0, 0.0, 0] for name in ["plain", *policies]}
+    batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+    target, heads = engine.target, engine.heads
+    for group in batches:
+        requests = [engine.request(i, p, sp) for i, (p, sp) in enumerate(zip(group, params))]
+        for name in totals:
+            policy = policies.get(name, PLAIN_POLICY)
+            start = time.perf_counter()
+            outs = decode_batch(
+                target,
+                requests,
+                heads=heads if name != "plain" else None,
+                policy=policy,
+                adaptive=False,
+            )
+            totals[name][1] += time.perf_counter() - start
+            totals[name][0] += sum(len(o.token_ids) for o in outs)
+            totals[name][2] += sum(o.stats.target_forwards for o in outs)
+    base = totals["plain"][0] / totals["plain"][1]
+    for name, (tokens, seconds, forwards) in totals.items():
+        rate = tokens / seconds
+        print(
+            f"  B={batch_size:<2} {name:<28} {rate:6.1f} tok/s  {rate / base:5.2f}x  "
+            f"tau {tokens / forwards:4.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", type=Path, required=True)
@@ -85,6 +136,14 @@ def main() -> None:
     parser.add_argument("--tokens", default="1,4,8,12,16,24")
     parser.add_argument("--prompts", type=int, default=len(PROMPTS))
     parser.add_argument("--skip-forward", action="store_true")
+    parser.add_argument(
+        "--sweep",
+        default=None,
+        help="tree shapes to compare on held-out training prompts, ';'-separated "
+        "nodes/depth/top_k/lookup/min_prob, e.g. '8/4/2/3/0.2;16/5/3/6/0.1'",
+    )
+    parser.add_argument("--sweep-batch", type=int, default=1)
+    parser.add_argument("--train-dir", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     engine = Engine.load(args.model_dir, heads_path=args.heads, method="s4c")
@@ -94,6 +153,18 @@ def main() -> None:
         for b in (int(x) for x in args.batches.split(",")):
             row = [forward_ms(engine.target, b, t) for t in sizes]
             print(f"  B={b:>2}: " + "  ".join(f"{ms:7.1f}" for ms in row))
+    if args.sweep:
+        if args.train_dir is None:
+            parser.error("--sweep needs --train-dir (held-out training prompts)")
+        shapes = {}
+        for spec in args.sweep.split(";"):
+            n, d, k, look, floor = spec.split("/")
+            shapes[spec] = TreePolicy(
+                ((64, TreeShape(int(n), int(d), int(k), lookup=int(look), min_prob=float(floor))),)
+            )
+        prompts = held_out_prompts(args.train_dir, args.prompts)
+        sweep(engine, prompts, shapes, args.sweep_batch, args.max_tokens)
+        return
     if engine.heads is None:
         model = engine.target.model
         config = HeadConfig.for_target(model, engine.info.name)

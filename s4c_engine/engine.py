@@ -117,7 +117,7 @@ class Engine:
         """
         if len(prompts) != len(params):
             raise ValueError("prompts and params must have the same length")
-        requests = [self._request(i, p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
+        requests = [self.request(i, p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
         speculative = method != "ar" and self.heads is not None
         heads = self.heads if speculative else None
         policy = self.policy if speculative else PLAIN_POLICY
@@ -135,7 +135,8 @@ class Engine:
         outputs = dict(zip(order, results))
         return [self._result(outputs[i], params[i]) for i in range(len(requests))]
 
-    def _request(self, index: int, prompt: Prompt, params: SamplingParams) -> DecodeRequest:
+    def request(self, index: int, prompt: Prompt, params: SamplingParams) -> DecodeRequest:
+        """Encode and check one prompt (PromptError names it by `index`) into a DecodeRequest."""
         ids = self.codec.encode(prompt)
         if not ids:
             raise PromptError(index, "the prompt has no tokens")
