@@ -25,7 +25,7 @@ from s4c_engine.errors import PromptError
 from s4c_engine.heads import DraftHeads
 from s4c_engine.prompting import PromptCodec, read_model_info
 from s4c_engine.stopping import StopRule, cut_at_stop_string
-from s4c_engine.target import Target
+from s4c_engine.target import DTYPES, Target
 from s4c_engine.tree_policy import CPU_POLICY, GPU_POLICY, PLAIN_POLICY, TreePolicy
 
 log = logging.getLogger(__name__)
@@ -69,12 +69,14 @@ class Engine:
         max_batch_size: int = 16,
         policy: TreePolicy | None = None,
         narrow_kernels: bool | None = None,
+        draft_dtype: str | None = None,
     ) -> Engine:
         """Load a HF causal-LM directory; heads from heads_path, else the shipped ones for
         `method`, else plain decoding (logged). HeadsMismatchError for heads of another model.
         policy: tree sizes by batch size (default: the measured CPU or GPU table).
         narrow_kernels: few-row products (tree verification, small batches) through
-        `narrow_linear` (default: on the CPU in fp32).
+        `narrow_linear` (default: on the CPU in fp32). draft_dtype: the heads' dtype
+        (default the target's); drafting is lossless whatever its precision.
         """
         model_dir = Path(model_dir)
         info = read_model_info(model_dir, model_dir.name)
@@ -86,6 +88,8 @@ class Engine:
             path = heads_path if heads_path is not None else shipped_heads_path(info.name, method)
             if (Path(path) / "head_config.json").is_file():
                 heads = DraftHeads.load(Path(path), target.model, info.name).eval()
+                if draft_dtype is not None:
+                    heads = heads.to(DTYPES[draft_dtype])
             else:
                 log.warning("no %s draft heads at %s; falling back to plain decoding", method, path)
         if policy is None:

@@ -220,7 +220,7 @@ class DraftHeads(nn.Module):
         ids [root, draft_1, ..., draft_head] on the path (ignored by medusa heads).
         Returns (..., D).
         """
-        x = hidden
+        x = hidden.to(self.draft_lm_head.dtype)  # heads may run in another dtype than the target
         if self.config.kind == "s4c":
             if path_tokens is None or path_tokens.shape[-1] != head + 1:
                 raise ValueError(f"s4c head {head} needs {head + 1} path tokens")
