@@ -225,7 +225,7 @@ class DraftHeads(nn.Module):
             if path_tokens is None or path_tokens.shape[-1] != head + 1:
                 raise ValueError(f"s4c head {head} needs {head + 1} path tokens")
             emb = self.embed_weight[path_tokens]  # (..., head+1, D)
-            x = self.input_proj[head](torch.cat([hidden, emb.flatten(-2)], -1))
+            x = self.input_proj[head](torch.cat([x, emb.flatten(-2)], -1))
         return self.blocks[head](x)
 
     def head_logits(

@@ -265,3 +265,14 @@ def test_waiting_requests_join_the_batch_as_rows_finish(speculative: bool) -> No
     assert _ids(outs) == alone
     assert [len(o.token_ids) for o in outs] == rule_lengths
     assert {o.stats.batch_size for o in outs} == {2}
+
+
+def test_bf16_heads_on_an_fp32_target_still_decode_exactly() -> None:
+    """Drafting precision never changes greedy output: only the target verifies."""
+    model = tiny_model("llama")
+    target = Target(model)
+    heads = random_heads(model).to(torch.bfloat16)
+    plain = _ids(decode_batch(target, _requests(PROMPTS)))
+    spec = decode_batch(target, _requests(PROMPTS), heads=heads, policy=DYNAMIC)
+    assert _ids(spec) == plain
+    assert sum(o.stats.target_forwards for o in spec) < sum(len(p) for p in plain)
