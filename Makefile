@@ -17,9 +17,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-## setup: venv, install, default model fetched and converted (idempotent)
+## setup: venv, install, default model fetched and converted, CPU kernel built (idempotent)
 setup: $(STAMP)
 	$(BIN)/s4c model fetch
+	$(BIN)/python -m s4c_engine.narrow_linear
 
 ## run: the service on embedded defaults runs the bundled demo job end to end, then stops
 run: setup

@@ -114,3 +114,15 @@ def use_narrow_linears(
                 setattr(parent, name, NarrowLinear(child, kernel, min_rows, max_rows))
                 count += 1
     return count
+
+
+def main() -> None:
+    """`python -m s4c_engine.narrow_linear`: build (or find) the kernel now, so the first
+    engine load does not wait for the compiler; says whether this CPU can use it."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    kernel = load_kernel()
+    print(f"narrow linear kernel: {'ready' if kernel is not None else 'unavailable'}")
+
+
+if __name__ == "__main__":
+    main()
