@@ -38,6 +38,26 @@ def shipped_heads_path(model_name: str, kind: str) -> Path:
     return HEADS_DATA / model_name / kind
 
 
+def _draft_with_narrow_kernels(heads: DraftHeads) -> None:
+    """CPU heads: their linears and vocabulary projection through the narrow kernel, in bf16
+    where the CPU has AVX512-BF16 (drafting is as memory-bound as verification, and its
+    precision never changes the output), for any row count up to a large tree's frontier."""
+    from s4c_engine.heads import VocabProjection
+    from s4c_engine.narrow_linear import load_kernel, use_narrow_linears
+
+    kernel = load_kernel()
+    if kernel is None or heads.draft_lm_head.device.type != "cpu":
+        return
+    use_narrow_linears(
+        heads,
+        kernel,
+        min_rows=1,
+        max_rows=64,
+        bf16=bool(kernel.has_bf16()),
+        types=(torch.nn.Linear, VocabProjection),
+    )
+
+
 class Engine:
     """A target model, optional draft heads, and the policy choosing tree sizes."""
 
@@ -90,6 +110,8 @@ class Engine:
                 heads = DraftHeads.load(Path(path), target.model, info.name).eval()
                 if draft_dtype is not None:
                     heads = heads.to(DTYPES[draft_dtype])
+                if narrow_kernels:
+                    _draft_with_narrow_kernels(heads)
             else:
                 log.warning("no %s draft heads at %s; falling back to plain decoding", method, path)
         if policy is None:

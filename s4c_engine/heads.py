@@ -100,6 +100,23 @@ class HeadConfig:
             )
 
 
+class VocabProjection(nn.Module):
+    """The frozen vocabulary projection of the heads: x @ weight.T, weight (Vd, D) being the
+    target lm_head rows of the draft vocabulary (a non-persistent buffer, never saved). A
+    module of its own so inference can swap in a faster kernel (`narrow_linear`)."""
+
+    bias = None
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight, persistent=False)
+        self.in_features = int(weight.shape[1])
+        self.out_features = int(weight.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+
 class ResBlock(nn.Module):
     """x + SiLU(W x + b) with W zero-initialised, so a new block is the identity."""
 
@@ -148,7 +165,7 @@ class DraftHeads(nn.Module):
         self.register_buffer("embed_weight", embed_weight.detach(), persistent=False)  # (V, D)
         # Sliced once here: drafting never touches the full (V, D) projection.
         rows = lm_head_weight.detach() if is_full else lm_head_weight.detach()[draft_vocab]
-        self.register_buffer("draft_lm_head", rows, persistent=False)  # (Vd, D)
+        self.vocab = VocabProjection(rows)  # (Vd, D)
         self.input_proj = nn.ModuleList()
         if config.kind == "s4c":
             for i in range(config.num_heads):
@@ -166,6 +183,13 @@ class DraftHeads(nn.Module):
     @property
     def num_heads(self) -> int:
         return self.config.num_heads
+
+    @property
+    def draft_lm_head(self) -> torch.Tensor:
+        """(Vd, D) the target's lm_head rows of the draft vocabulary (frozen)."""
+        weight = self.vocab.weight
+        assert isinstance(weight, torch.Tensor)
+        return weight
 
     # ---- construction and files ------------------------------------------------------------
 
@@ -220,7 +244,7 @@ class DraftHeads(nn.Module):
         ids [root, draft_1, ..., draft_head] on the path (ignored by medusa heads).
         Returns (..., D).
         """
-        x = hidden.to(self.draft_lm_head.dtype)  # heads may run in another dtype than the target
+        x = hidden.to(self.embed_weight.dtype)  # heads may run in another dtype than the target
         if self.config.kind == "s4c":
             if path_tokens is None or path_tokens.shape[-1] != head + 1:
                 raise ValueError(f"s4c head {head} needs {head + 1} path tokens")
@@ -232,7 +256,7 @@ class DraftHeads(nn.Module):
         self, head: int, hidden: torch.Tensor, path_tokens: torch.Tensor | None
     ) -> torch.Tensor:
         """Logits over the draft vocabulary, (..., Vd); see `head_features` for the inputs."""
-        return self.head_features(head, hidden, path_tokens) @ self.draft_lm_head.T
+        return self.vocab(self.head_features(head, hidden, path_tokens))
 
     def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
         """Map draft-vocabulary indices to target token ids (same shape)."""

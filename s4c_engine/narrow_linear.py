@@ -44,7 +44,7 @@ def load_kernel() -> ModuleType | None:
         return load(
             name=EXTENSION_NAME,
             sources=[str(SOURCE)],
-            extra_cflags=["-O3", "-mavx512f", "-mfma"],
+            extra_cflags=["-O3", "-mavx512f", "-mfma"],  # bf16 tiles: a function attribute
             verbose=False,
         )
     except (RuntimeError, OSError, ImportError) as exc:  # no compiler, no ninja, build error
@@ -65,27 +65,40 @@ def _put_ninja_on_path() -> None:
 
 
 class NarrowLinear(nn.Module):
-    """An `nn.Linear` whose few-row inputs use the packed kernel.
+    """An `nn.Linear` (or any module with `weight` (N, K), `bias`, `in_features` and
+    `out_features`, such as the heads' vocabulary projection) whose few-row inputs use the
+    packed kernel.
 
     Shares `weight` and `bias` with the layer it replaces (tied embeddings stay tied) and
-    holds the packed copy (a frozen buffer: inference only, fp32 on the CPU).
+    holds the packed copy (a frozen buffer: inference only, on the CPU). bf16=True packs the
+    weight in bf16 and sums in fp32 (draft heads: their precision never changes the output);
+    outputs are fp32 either way.
     """
 
     def __init__(
-        self, linear: nn.Linear, kernel: ModuleType, min_rows: int = 2, max_rows: int = 32
+        self,
+        linear: nn.Module,
+        kernel: ModuleType,
+        min_rows: int = 2,
+        max_rows: int = 32,
+        bf16: bool = False,
     ) -> None:
         super().__init__()
-        if linear.weight.dtype != torch.float32 or linear.weight.device.type != "cpu":
-            raise ValueError("NarrowLinear needs an fp32 layer on the CPU")
-        self.weight = linear.weight
+        weight = linear.weight
+        if not isinstance(weight, torch.Tensor) or weight.device.type != "cpu":
+            raise ValueError("NarrowLinear needs a layer on the CPU")
+        if not bf16 and weight.dtype != torch.float32:
+            raise ValueError("the fp32 kernel needs an fp32 layer")
+        self.weight = weight
         self.bias = linear.bias
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
+        self.in_features = int(weight.shape[1])
+        self.out_features = int(weight.shape[0])
         self.kernel = kernel
         self.min_rows = min_rows
         self.max_rows = max_rows
-        packed = kernel.pack_weight(linear.weight.detach())
-        self.register_buffer("packed", packed, persistent=False)  # (ceil(N/16), K, 16)
+        self.bf16 = bf16
+        pack = kernel.pack_weight_bf16 if bf16 else kernel.pack_weight
+        self.register_buffer("packed", pack(weight.detach()), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
@@ -93,26 +106,39 @@ class NarrowLinear(nn.Module):
             torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         ):
             return functional.linear(x, self.weight, self.bias)
-        flat = x.reshape(rows, self.in_features).contiguous()
-        y = self.kernel.narrow_linear(flat, self.packed, self.out_features)
+        flat = x.reshape(rows, self.in_features)
+        if self.bf16:
+            y = self.kernel.narrow_linear_bf16(flat, self.packed, self.out_features)
+        else:
+            y = self.kernel.narrow_linear(flat.contiguous(), self.packed, self.out_features)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
 def use_narrow_linears(
-    model: nn.Module, kernel: ModuleType, *, min_rows: int = 2, max_rows: int = 32
+    model: nn.Module,
+    kernel: ModuleType,
+    *,
+    min_rows: int = 2,
+    max_rows: int = 32,
+    bf16: bool = False,
+    types: tuple[type[nn.Module], ...] = (nn.Linear,),
 ) -> int:
-    """Replace every fp32 CPU `nn.Linear` in `model` (lm_head included) by a NarrowLinear;
-    returns how many were replaced."""
+    """Replace every CPU module of `types` in `model` (lm_head included) by a NarrowLinear;
+    with bf16=False only fp32 layers are replaced. Returns how many were replaced."""
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear) and child.weight.dtype == torch.float32:
-                if child.weight.device.type != "cpu":
-                    continue
-                setattr(parent, name, NarrowLinear(child, kernel, min_rows, max_rows))
-                count += 1
+            if not isinstance(child, types) or isinstance(child, NarrowLinear):
+                continue
+            weight = child.weight
+            if not isinstance(weight, torch.Tensor) or weight.device.type != "cpu":
+                continue
+            if not bf16 and weight.dtype != torch.float32:
+                continue
+            setattr(parent, name, NarrowLinear(child, kernel, min_rows, max_rows, bf16))
+            count += 1
     return count
 
 

@@ -7,6 +7,10 @@
 // and, for every k, broadcasts x[m][k] against 1..4 panel vectors held in registers: up to 32
 // accumulators, every weight byte loaded once per tile of up to 8 rows. Each output is a
 // plain sum over k in order, so a row's result does not depend on how many rows run with it.
+//
+// A bf16 variant (AVX512-BF16 `vdpbf16ps`, fp32 accumulation) serves the draft heads, whose
+// precision never changes the output: half the bytes per weight, and drafting is as
+// memory-bound as verification. Its panels hold k in pairs: panel p: (K/2, 16, 2).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -84,7 +88,87 @@ torch::Tensor narrow_linear(const torch::Tensor& x, const torch::Tensor& packed,
   return width == n ? y : y.narrow(1, 0, n).contiguous();
 }
 
+namespace {
+
+// bf16 pairs: y[m][16 j + l] = sum_k2 x2[m][k2] . panel_j[k2][l] (two products per lane).
+template <int MB, int NP>
+__attribute__((target("avx512bf16,avx512f"))) void tile_bf16(
+    const uint32_t* __restrict x2, int64_t ldx, int64_t K2, const uint16_t* __restrict w,
+    int64_t panel_stride, float* __restrict y, int64_t ldy) {
+  __m512 acc[MB][NP];
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NP; ++j) acc[m][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K2; ++k) {
+    __m512bh wv[NP];
+    for (int j = 0; j < NP; ++j)
+      wv[j] = (__m512bh)_mm512_loadu_si512(w + j * panel_stride + k * 2 * kLanes);
+    for (int m = 0; m < MB; ++m) {
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(x2[m * ldx + k]));
+      for (int j = 0; j < NP; ++j) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv, wv[j]);
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NP; ++j) _mm512_storeu_ps(y + m * ldy + j * kLanes, acc[m][j]);
+}
+
+using TileBf16Fn = void (*)(const uint32_t*, int64_t, int64_t, const uint16_t*, int64_t, float*,
+                            int64_t);
+#define S4C_TILE_ROW(MB) {tile_bf16<MB, 1>, tile_bf16<MB, 2>, tile_bf16<MB, 3>, tile_bf16<MB, 4>}
+const TileBf16Fn kTilesBf16[8][4] = {S4C_TILE_ROW(1), S4C_TILE_ROW(2), S4C_TILE_ROW(3),
+                                     S4C_TILE_ROW(4), S4C_TILE_ROW(5), S4C_TILE_ROW(6),
+                                     S4C_TILE_ROW(7), S4C_TILE_ROW(8)};
+#undef S4C_TILE_ROW
+
+}  // namespace
+
+bool has_bf16() { return __builtin_cpu_supports("avx512bf16"); }
+
+// (N, K) float weight -> (ceil(N / 16), ceil(K / 2), 16, 2) bf16, zero-padded.
+torch::Tensor pack_weight_bf16(const torch::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.is_floating_point(), "pack_weight_bf16: 2-D weight");
+  const int64_t n = weight.size(0), k = weight.size(1);
+  const int64_t panels = (n + kLanes - 1) / kLanes, k2 = (k + 1) / 2;
+  auto padded = torch::zeros({panels * kLanes, k2 * 2}, weight.options().dtype(torch::kBFloat16));
+  padded.narrow(0, 0, n).narrow(1, 0, k).copy_(weight);
+  // [p, l, k2, two] -> [p, k2, l, two]
+  return padded.reshape({panels, kLanes, k2, 2}).transpose(1, 2).contiguous();
+}
+
+// x (M, K) float, packed from pack_weight_bf16, n = W's rows; returns (M, n) fp32.
+torch::Tensor narrow_linear_bf16(const torch::Tensor& x, const torch::Tensor& packed, int64_t n) {
+  TORCH_CHECK(has_bf16(), "narrow_linear_bf16: this CPU has no AVX512-BF16");
+  TORCH_CHECK(x.dim() == 2 && packed.dim() == 4 && packed.size(2) == kLanes,
+              "narrow_linear_bf16: bad shapes");
+  const int64_t rows = x.size(0), k = x.size(1), panels = packed.size(0), k2 = packed.size(1);
+  TORCH_CHECK((k + 1) / 2 == k2, "narrow_linear_bf16: packed weight does not match x");
+  auto xb = torch::zeros({rows, k2 * 2}, x.options().dtype(torch::kBFloat16));
+  xb.narrow(1, 0, k).copy_(x);
+  const int64_t width = panels * kLanes;
+  auto y = torch::empty({rows, width}, x.options().dtype(torch::kFloat32));
+  const auto* xp = reinterpret_cast<const uint32_t*>(xb.data_ptr<at::BFloat16>());
+  const auto* wp = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
+  float* yp = y.data_ptr<float>();
+  const int64_t stride = k2 * 2 * kLanes;
+  const int group = rows <= 4 ? 4 : 2;
+  const int64_t groups = (panels + group - 1) / group;
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t p = g * group;
+      const int np = static_cast<int>(std::min<int64_t>(group, panels - p));
+      for (int64_t m0 = 0; m0 < rows; m0 += 8) {
+        const int mb = static_cast<int>(std::min<int64_t>(8, rows - m0));
+        kTilesBf16[mb - 1][np - 1](xp + m0 * k2, k2, k2, wp + p * stride, stride,
+                                   yp + m0 * width + p * kLanes, width);
+      }
+    }
+  });
+  return width == n ? y : y.narrow(1, 0, n).contiguous();
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_weight", &pack_weight, "pack an (N, K) fp32 weight into 16-column panels");
   m.def("narrow_linear", &narrow_linear, "x W^T for a few rows, from a packed weight");
+  m.def("has_bf16", &has_bf16, "whether this CPU runs the bf16 kernel");
+  m.def("pack_weight_bf16", &pack_weight_bf16, "pack a weight into bf16 16-column panels");
+  m.def("narrow_linear_bf16", &narrow_linear_bf16, "x W^T in bf16 (fp32 sums), few rows");
 }

@@ -168,7 +168,7 @@ def head_losses(
         path = batch.path[:, : i + 1] if heads.config.kind == "s4c" else None
         features = heads.head_features(i, hidden, path)  # (B, D)
         # fp32 softmax and regression even under bf16 autocast (only the matmuls drop)
-        logq = torch.log_softmax((features @ heads.draft_lm_head.T).float(), dim=-1)  # (B, Vd)
+        logq = torch.log_softmax(heads.vocab(features).float(), dim=-1)  # (B, Vd)
         draft = heads.target_to_draft[batch.teacher_ids[i]]  # (B, k), -1 outside
         inside = draft >= 0
         p = torch.softmax(batch.teacher_values[i].masked_fill(~inside, -math.inf), dim=-1)

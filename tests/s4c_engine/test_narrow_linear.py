@@ -76,3 +76,38 @@ def test_speculative_greedy_through_the_kernel_equals_plain_greedy(arch: str) ->
     heads = random_heads(model)
     spec = _ids(decode_batch(Target(model), _requests(PROMPTS), heads=heads, policy=DYNAMIC))
     assert spec == plain
+
+
+@needs_kernel
+@pytest.mark.skipif(KERNEL is None or not KERNEL.has_bf16(), reason="no AVX512-BF16")
+@pytest.mark.parametrize("rows", [1, 4, 9, 64])
+def test_bf16_kernel_is_close_to_f_linear(rows: int) -> None:
+    torch.manual_seed(rows)
+    layer = nn.Linear(77, 300)
+    narrow = NarrowLinear(layer, KERNEL, min_rows=1, max_rows=64, bf16=True)
+    x = torch.randn(rows, 77)
+    with torch.inference_mode():
+        got, want = narrow(x), layer(x)
+    assert got.dtype == torch.float32
+    # bf16 operands, fp32 sums: within bf16's relative precision of the output scale
+    assert float((got - want).abs().max()) < 0.02 * float(want.abs().max())
+
+
+@needs_kernel
+def test_heads_drafting_through_bf16_kernels_still_decode_exactly() -> None:
+    from s4c_engine.heads import VocabProjection
+
+    model = tiny_model("llama")
+    plain = _ids(decode_batch(Target(model), _requests(PROMPTS)))
+    heads = random_heads(model)
+    swapped = use_narrow_linears(
+        heads,
+        KERNEL,
+        min_rows=1,
+        max_rows=64,
+        bf16=bool(KERNEL.has_bf16()),
+        types=(nn.Linear, VocabProjection),
+    )
+    assert swapped == 4 + 4 + 1  # input projections, one ResBlock per head, vocabulary
+    spec = decode_batch(Target(model), _requests(PROMPTS), heads=heads, policy=DYNAMIC)
+    assert _ids(spec) == plain
