@@ -103,8 +103,15 @@ def bench(
 @click.option("--train-dir", type=PathOption, default=None, help="Training prompt mix.")
 @click.option("--kinds", default="s4c,medusa", show_default=True)
 @click.option("--skip-distill", is_flag=True, help="Reuse the distillation data as it is.")
-@click.option("--samples", type=int, default=2000, show_default=True)
-@click.option("--max-new-tokens", type=int, default=160, show_default=True)
+@click.option(
+    "--samples", type=int, default=None,
+    help="Distil until this many answers exist (default: the whole mix).",
+)  # fmt: skip
+@click.option(
+    "--per-category", type=int, default=1400, show_default=True,
+    help="Prompts drawn per training category (the mix).",
+)  # fmt: skip
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option(
     "--distill-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
     show_default=True,
@@ -116,8 +123,15 @@ def bench(
     "(e.g. 9,19); the distillation stores them. Default: the last hidden state alone.",
 )  # fmt: skip
 @click.option("--num-heads", type=int, default=4, show_default=True)
-@click.option("--steps", type=int, default=2000, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option(
+    "--num-layers", type=int, default=2, show_default=True, help="ResBlocks per s4c head."
+)
+@click.option("--steps", type=int, default=10_000, show_default=True)
+@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option(
+    "--autocast/--no-autocast", default=True, show_default=True,
+    help="bf16 matmuls while training (weights, optimizer and evaluation stay fp32).",
+)  # fmt: skip
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads.")
@@ -128,13 +142,16 @@ def train_heads(
     train_dir: Path | None,
     kinds: str,
     skip_distill: bool,
-    samples: int,
+    samples: int | None,
+    per_category: int,
     max_new_tokens: int,
     distill_dtype: str,
     feature_layers: str,
     num_heads: int,
+    num_layers: int,
     steps: int,
     batch_size: int,
+    autocast: bool,
     lr: float,
     device: str,
     threads: int | None,
@@ -159,12 +176,15 @@ def train_heads(
         kinds=_split(kinds),  # type: ignore[arg-type]  # checked just above
         skip_distill=skip_distill,
         samples=samples,
+        per_category=per_category,
         max_new_tokens=max_new_tokens,
         distill_dtype=distill_dtype,
         feature_layers=layers,
         num_heads=num_heads,
+        num_layers=num_layers,
         steps=steps,
         batch_size=batch_size,
+        autocast=autocast,
         lr=lr,
         device=device,
         threads=threads,

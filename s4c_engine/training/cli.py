@@ -34,17 +34,19 @@ class TrainHeadsConfig:
     train_dir: Path | None = None  # None: shared/data/train beside the repository
     kinds: tuple[HeadKind, ...] = ("s4c", "medusa")
     skip_distill: bool = False
-    samples: int | None = 2000  # distil until this many answers exist (None: the whole mix)
-    per_category: int = 1500
-    max_new_tokens: int = 160
-    distill_batch_size: int = 32
+    samples: int | None = None  # distil until this many answers exist (None: the whole mix)
+    per_category: int = 1400
+    max_new_tokens: int = 128
+    distill_batch_size: int = 48
     distill_dtype: str = "float32"
     feature_layers: tuple[int, ...] = ()  # s4c heads: decoder layers fused into the input
     num_heads: int = 4
+    num_layers: int = 2  # ResBlocks per s4c head (medusa heads keep Medusa-1's one)
     draft_vocab_size: int = 8192
-    steps: int = 2000
-    batch_size: int = 256
+    steps: int = 10_000
+    batch_size: int = 512
     lr: float = 1e-3
+    autocast: bool = True  # bf16 matmuls while training (fp32 weights and evaluation)
     save_dtype: str = "float16"
     seed: int = 0
     threads: int | None = None
@@ -80,6 +82,9 @@ def cli_main(config: TrainHeadsConfig) -> list[TrainResult]:
                 out_dir=config.work_dir / kind,
                 kind=kind,
                 num_heads=config.num_heads,
+                num_layers=config.num_layers if kind == "s4c" else 1,
+                autocast=config.autocast,
+                warmup_steps=200,
                 feature_layers=config.feature_layers if kind == "s4c" else (),
                 draft_vocab_size=config.draft_vocab_size,
                 steps=config.steps,
