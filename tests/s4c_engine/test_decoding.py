@@ -276,3 +276,61 @@ def test_bf16_heads_on_an_fp32_target_still_decode_exactly() -> None:
     spec = decode_batch(target, _requests(PROMPTS), heads=heads, policy=DYNAMIC)
     assert _ids(spec) == plain
     assert sum(o.stats.target_forwards for o in spec) < sum(len(p) for p in plain)
+
+
+def test_prefill_groups_keep_padding_small_and_cover_every_row() -> None:
+    from s4c_engine.decoding import prefill_groups
+
+    lengths = [700, 12, 15, 690, 14, 300, 13]
+    groups = prefill_groups(lengths, max_tokens=4096)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        widths = [lengths[i] for i in group]
+        assert max(widths) * len(widths) <= max(4096, max(widths))
+        assert sum(widths) >= 0.75 * max(widths) * len(widths)  # at most a quarter padding
+    # short prompts are never padded to the long ones
+    assert {frozenset(g) for g in groups} >= {frozenset({1, 2, 4, 6})}
+    assert prefill_groups([5000], max_tokens=4096) == [[0]]  # one long prompt still runs
+
+
+class _Collect:
+    """A PositionObserver keeping every position's last hidden state per request."""
+
+    feature_layers: tuple[int, ...] = ()
+
+    def __init__(self, n: int) -> None:
+        self.rows: list[list[torch.Tensor]] = [[] for _ in range(n)]
+
+    def prompts(self, requests: list[int], hidden: torch.Tensor, lengths: list[int]) -> None:
+        for b, (r, n) in enumerate(zip(requests, lengths)):
+            self.rows[r].append(hidden[b, :n])
+
+    def committed(
+        self, requests: list[int], hidden: torch.Tensor, logits: torch.Tensor, counts: list[int]
+    ) -> None:
+        for b, (r, c) in enumerate(zip(requests, counts)):
+            self.rows[r].append(hidden[b, :c])
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_observer_sees_every_committed_position_once_in_order(speculative: bool) -> None:
+    model = tiny_model("llama")
+    heads = random_heads(model) if speculative else None
+    seen = _Collect(len(PROMPTS))
+    outs = decode_batch(
+        Target(model),
+        _requests(PROMPTS, 12),
+        heads=heads,
+        policy=DYNAMIC,
+        max_batch_size=2,
+        observer=seen,
+    )
+    for r, (prompt, out) in enumerate(zip(PROMPTS, outs)):
+        seq = prompt + list(out.token_ids)
+        got = torch.cat(seen.rows[r])
+        # every position but the last token, whose successor was never needed, plus at most
+        # the tokens a last speculative step committed past the stop
+        assert len(seq) - 1 <= len(got) <= len(seq) - 1 + 4
+        with torch.no_grad():
+            want = model(torch.tensor([seq]), output_hidden_states=True).hidden_states[-1][0]
+        torch.testing.assert_close(got[: len(seq) - 1], want[: len(seq) - 1], atol=1e-4, rtol=1e-4)
