@@ -126,7 +126,7 @@ def bench(
 @click.option(
     "--num-layers", type=int, default=2, show_default=True, help="ResBlocks per s4c head."
 )
-@click.option("--steps", type=int, default=10_000, show_default=True)
+@click.option("--steps", type=int, default=8_000, show_default=True)
 @click.option("--batch-size", type=int, default=512, show_default=True)
 @click.option(
     "--autocast/--no-autocast", default=True, show_default=True,

@@ -44,7 +44,9 @@ def load_kernel() -> ModuleType | None:
         return load(
             name=EXTENSION_NAME,
             sources=[str(SOURCE)],
-            extra_cflags=["-O3", "-mavx512f", "-mfma"],  # bf16 tiles: a function attribute
+            # -fopenmp: at::parallel_for is inline OpenMP, serial without it
+            extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"],  # bf16: a function attribute
+            extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     except (RuntimeError, OSError, ImportError) as exc:  # no compiler, no ninja, build error

@@ -43,7 +43,7 @@ class TrainHeadsConfig:
     num_heads: int = 4
     num_layers: int = 2  # ResBlocks per s4c head (medusa heads keep Medusa-1's one)
     draft_vocab_size: int = 8192
-    steps: int = 10_000
+    steps: int = 8_000
     batch_size: int = 512
     lr: float = 1e-3
     autocast: bool = True  # bf16 matmuls while training (fp32 weights and evaluation)
