@@ -1,4 +1,5 @@
-"""The example queries of migrations/queries.md run on both backends and find what they should."""
+"""The README's example queries on the results database run on both backends and find what they
+should."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from jobs.types import BaselineRun, ChunkOutcome, RequestOutcome
 from s4c_engine.config import RequestStats
 from tests.jobs import factories
 
-QUERIES_DOC = Path(__file__).resolve().parents[2] / "migrations" / "queries.md"
+QUERIES_DOC = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def example_queries() -> list[str]:
