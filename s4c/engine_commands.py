@@ -104,8 +104,8 @@ def bench(
 @click.option("--kinds", default="s4c,medusa", show_default=True)
 @click.option("--skip-distill", is_flag=True, help="Reuse the distillation data as it is.")
 @click.option(
-    "--samples", type=int, default=None,
-    help="Distil until this many answers exist (default: the whole mix).",
+    "--samples", type=int, default=9216, show_default=True,
+    help="Distil until this many answers exist (0: the whole mix).",
 )  # fmt: skip
 @click.option(
     "--per-category", type=int, default=1400, show_default=True,
@@ -142,7 +142,7 @@ def train_heads(
     train_dir: Path | None,
     kinds: str,
     skip_distill: bool,
-    samples: int | None,
+    samples: int,
     per_category: int,
     max_new_tokens: int,
     distill_dtype: str,
@@ -175,7 +175,7 @@ def train_heads(
         train_dir=train_dir,
         kinds=_split(kinds),  # type: ignore[arg-type]  # checked just above
         skip_distill=skip_distill,
-        samples=samples,
+        samples=samples or None,
         per_category=per_category,
         max_new_tokens=max_new_tokens,
         distill_dtype=distill_dtype,
