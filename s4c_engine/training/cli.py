@@ -13,7 +13,7 @@ from pathlib import Path
 
 from s4c_engine.heads import CONFIG_FILE, WEIGHTS_FILE, HeadKind
 from s4c_engine.training.distill import DistillConfig, run_distill
-from s4c_engine.training.train import TrainConfig, TrainResult, train_heads
+from s4c_engine.training.train import REPORT_FILE, TrainConfig, TrainResult, train_heads
 
 log = logging.getLogger(__name__)
 
@@ -104,5 +104,7 @@ def cli_main(config: TrainHeadsConfig) -> list[TrainResult]:
             dest.mkdir(parents=True, exist_ok=True)
             for name in (CONFIG_FILE, WEIGHTS_FILE):
                 shutil.copyfile(result.heads_dir / name, dest / name)
+            # The run's full report (config, validation history) ships beside the heads.
+            shutil.copyfile(result.heads_dir.parent / REPORT_FILE, dest / "training_report.json")
             log.info("%s heads written to %s", kind, dest)
     return results
