@@ -96,6 +96,21 @@ def running_chunk(sessions: sessionmaker[Session], job_id: str) -> bool:
         return bool(session.scalar(query))
 
 
+def freeze_mid_chunk(
+    sessions: sessionmaker[Session], job_id: str, worker: WorkerProcess, timeout: float = 60
+) -> None:
+    """SIGSTOP the worker while it runs one of the job's chunks (checked once it is frozen,
+    so the chunk cannot end meanwhile); the caller sends SIGCONT."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        wait_for(lambda: running_chunk(sessions, job_id), timeout, "a running chunk", poll=0.02)
+        worker.signal(signal.SIGSTOP)
+        if running_chunk(sessions, job_id):
+            return
+        worker.signal(signal.SIGCONT)
+    raise AssertionError(f"timed out after {timeout}s freezing the worker mid-chunk")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("worker_db_url", ["postgresql", "sqlite"], indirect=True)
 def test_worker_runs_jobs_and_recovers_lost_messages(
@@ -181,15 +196,20 @@ def test_cancel_mid_job_is_cancelling_then_cancelled_and_keeps_finished_results(
     client, headers = api_client(worker_settings)
     worker = start_worker(worker_settings)
     worker.wait_ready()
-    job_id, chunk_ids = submit(sessions, worker_settings, 24, max_tokens=120)
+    job_id, chunk_ids = submit(sessions, worker_settings, 40, max_tokens=120)
     enqueue(worker_settings, chunk_ids)
-    wait_for(lambda: running_chunk(sessions, job_id), 60, "a running chunk")
-    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
+    # The cancel must meet a running chunk: freeze the worker mid-chunk (a chunk of the tiny
+    # model can end between a poll and the request), cancel, then let it go on.
+    freeze_mid_chunk(sessions, job_id, worker)
+    try:
+        response = client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
+    finally:
+        worker.signal(signal.SIGCONT)
     assert response.status_code == 200 and response.get_json()["status"] == "cancelling"
     assert wait_terminal(sessions, job_id, [worker]) == JobStatus.CANCELLED
     view = client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
     assert view["status"] == "cancelled" and view["cancelling_at"] <= view["cancelled_at"]
-    assert_one_result_per_request(sessions, job_id, 24)
+    assert_one_result_per_request(sessions, job_id, 40)
     with sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None and job.cancelled_count >= 16  # at least the untouched chunks
@@ -204,6 +224,6 @@ def test_cancel_mid_job_is_cancelling_then_cancelled_and_keeps_finished_results(
     time.sleep(2)
     with sessions() as session:
         later = session.scalar(select(func.count(Result.id)).where(Result.job_id == job_id))
-    assert later == 24 and last_write is not None and job.cancelled_at is not None
+    assert later == 40 and last_write is not None and job.cancelled_at is not None
     assert last_write <= job.cancelled_at
     assert worker.stop() == 0
