@@ -166,7 +166,8 @@ def decode_batch(
         layers = observer.feature_layers
     if target.feature_layers != layers:  # plain decoding captures nothing extra
         target.capture_layers(layers)
-    limit = max_batch_size or len(rows)
+    # Never more cache slots than requests: the buffer is allocated for `limit` rows.
+    limit = min(max_batch_size or len(rows), len(rows))
     static = _compile_static(policy, target.device)
     waiting = deque(range(len(rows)))
     batch = _Batch()

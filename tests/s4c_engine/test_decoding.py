@@ -334,3 +334,24 @@ def test_observer_sees_every_committed_position_once_in_order(speculative: bool)
         with torch.no_grad():
             want = model(torch.tensor([seq]), output_hidden_states=True).hidden_states[-1][0]
         torch.testing.assert_close(got[: len(seq) - 1], want[: len(seq) - 1], atol=1e-4, rtol=1e-4)
+
+
+def test_the_cache_has_slots_for_the_requests_not_for_the_batch_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A max_batch_size far above the request count must not allocate that many cache rows
+    (a 64-slot cache made every one-prompt call allocate and zero gigabytes)."""
+    from s4c_engine.kv_cache import RowKVCache
+
+    slots: list[int | None] = []
+    allocate = RowKVCache.allocate.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type[RowKVCache], *args: object, **kwargs: object) -> RowKVCache:
+        slots.append(kwargs.get("row_slots"))  # type: ignore[arg-type]
+        return allocate(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(RowKVCache, "allocate", classmethod(spy))
+    model = tiny_model("llama")
+    outs = decode_batch(Target(model), _requests(PROMPTS[:2]), max_batch_size=64)
+    assert slots == [2]
+    assert len(outs) == 2
