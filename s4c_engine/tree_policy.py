@@ -2,18 +2,20 @@
 
 Verifying B x N tokens is nearly free only while the target forward is memory- or
 overhead-bound; past that, speculation costs more than it saves. CPU: on the 2-core Xeon
-(Sapphire Rapids) dev VM, fp32, KV 300, batch 1, full forwards of the default model cost
-about 46/54/69/65/124/161 ms for 1/2/4/8/16/32 tokens with 2 threads (71/82/114/144/133/203
-with 1 thread; the fp32 GEMM for a few rows costs far more than the one-row GEMV), and B rows
-x N nodes cost about what B*N tokens of one row cost. So the CPU table keeps trees small,
-drops head nodes the heads are unsure of (`min_prob`: a step with nothing likely is a plain
-step) and adds a context-lookup chain, which costs nothing to draft and adds nodes only when
-the row's context has a match. Measured on 6 Spec-Bench prompts (s4c heads, 2 threads,
-fixed trees): 16 nodes without a floor ran at 0.90x plain decoding (tau 2.17), 8 nodes with
-floor 0.2 at 1.32x (tau 1.72). Re-measure with `python -m s4c_engine.calibration`. GPUs verify
-far wider trees for free, hence the larger GPU table. The table is an upper bound:
-`TreeTuner` measures tokens/s of the candidates during decoding and runs the best (down to
-plain decoding).
+(Sapphire Rapids) dev VM, fp32 with the narrow linear kernel, KV 300, two threads, a forward
+of the default model costs (ms; rows = batch size, columns = tokens per row 1/2/4/8/16/32):
+B=1 33/34/36/42/54/73, B=2 33/38/44/54/75/133, B=4 37/52/61/80/131/201, B=8 48/71/90/141/211/450
+(`python -m s4c_engine.calibration`). Past about 16 rows the CPU is compute-bound, so a batch
+of 8 gains nothing from drafting. So the CPU table keeps trees small, drops head nodes the
+heads are unsure of (`min_prob`: a step with nothing likely is a plain step) and adds a
+context-lookup chain, which costs nothing to draft and adds nodes only when the row's context
+has a match. Chosen by `python -m s4c_engine.calibration --sweep` on 12-16 held-out training
+prompts (never Spec-Bench), fixed trees, 96 tokens, with the shipped heads: B=1 12 nodes
+(lookup 6, floor 0.1) 1.95x plain decoding vs 1.80x for the earlier 8 nodes; B=2 8 nodes
+1.52x; B=4 6 nodes 1.16x; B=8 every tree lost to plain decoding (4 nodes 0.94x, lookup alone
+0.80x). GPUs verify far wider trees for free, hence the larger GPU table. The table is an
+upper bound: `TreeTuner` measures tokens/s of the candidates during decoding and runs the
+best (down to plain decoding).
 """
 
 from __future__ import annotations
@@ -63,10 +65,12 @@ class TreePolicy:
 
 CPU_POLICY = TreePolicy(
     (
-        (1, TreeShape(nodes=8, depth=4, top_k=2, lookup=3, min_prob=0.2)),
-        (2, TreeShape(nodes=6, depth=3, top_k=2, lookup=2, min_prob=0.25)),
-        (4, TreeShape(nodes=4, depth=2, top_k=1, lookup=2, min_prob=0.3)),
-        (8, TreeShape(nodes=3, lookup=2)),  # context lookup only
+        (1, TreeShape(nodes=12, depth=4, top_k=2, lookup=6, min_prob=0.1)),
+        (2, TreeShape(nodes=8, depth=4, top_k=2, lookup=3, min_prob=0.2)),
+        (4, TreeShape(nodes=6, depth=3, top_k=2, lookup=2, min_prob=0.25)),
+        # A candidate the tuner keeps only where it beats plain decoding (very predictable
+        # text); in the sweep plain decoding won at 8 rows.
+        (8, TreeShape(nodes=4, depth=2, top_k=1, lookup=2, min_prob=0.3)),
     )
 )
 
