@@ -28,10 +28,17 @@ from worker.sweep import sweep_once
 
 @pytest.fixture(scope="module")
 def engine(worker_model_dir: Path, worker_heads_dir: Path) -> Any:
-    """The tiny model with (untrained) S4C draft heads: speculative decoding for real."""
+    """The tiny model with (untrained) S4C draft heads: speculative decoding for real. Its
+    tree policy has no probability floor (the CPU table's floors would prune every node of
+    these random heads), so the first step of a batch drafts for sure."""
+    from s4c_engine.drafting import TreeShape
     from s4c_engine.engine import Engine
+    from s4c_engine.tree_policy import TreePolicy
 
-    loaded = Engine.load(worker_model_dir, heads_path=worker_heads_dir, max_batch_size=4)
+    policy = TreePolicy(((4, TreeShape(nodes=6, depth=3, top_k=2, lookup=2)),))
+    loaded = Engine.load(
+        worker_model_dir, heads_path=worker_heads_dir, max_batch_size=4, policy=policy
+    )
     assert loaded.method == "s4c"
     return loaded
 
