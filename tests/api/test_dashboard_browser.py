@@ -250,6 +250,7 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
     seen_progress: set[str] = set()
 
     def both_completed(_driver: Any) -> bool:
+        finished = []
         for job_id in (qa, chat):
             count = row(job_id).find_element(By.CSS_SELECTOR, ".progress .count").text
             done, total = (int(n) for n in count.split(" / "))
@@ -257,7 +258,10 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
                 seen_progress.add("partial")
                 shoot(browser, "04-in-progress")
             seen_progress.add(count)
-        return status_of(qa) == "completed" and status_of(chat) == "completed"
+            finished.append(done == total)
+        # The page redraws between reads: a status read after a stale count waits for the
+        # next poll rather than ending the wait before the final count was seen.
+        return all(finished) and status_of(qa) == "completed" and status_of(chat) == "completed"
 
     wait.until(both_completed)
     assert "6 / 6" in seen_progress and "4 / 4" in seen_progress
