@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api import response_models as out
-from api.schemas import MAX_INDEX, BatchLine, JobIn, UploadOptions
+from api.schemas import IDEMPOTENCY_KEY_PATTERN, MAX_INDEX, BatchLine, JobIn, UploadOptions
 from jobs.settings import Settings
 
 REF = "#/components/schemas/{model}"
@@ -187,7 +187,12 @@ def _paths(settings: Settings) -> dict[str, Any]:
                             "A key already used by this API key returns the job it created "
                             "(201, `Idempotent-Replayed: true`); the body is not compared."
                         ),
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 255,
+                            "pattern": IDEMPOTENCY_KEY_PATTERN,
+                        },
                     }
                 ],
                 "requestBody": {

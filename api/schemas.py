@@ -25,6 +25,10 @@ MAX_METADATA_PAIRS = 16
 MAX_SEED = 2**63 - 1
 MAX_TOP_K = 2**31 - 1
 MAX_INDEX = 2**31 - 1  # input indexes are 32-bit INTEGER columns
+# Idempotency keys: 1..255 visible ASCII characters, inner spaces allowed. HTTP strips a
+# header value's outer whitespace and carries other bytes as Latin-1 guesses, so only these
+# survive a round trip unchanged. The OpenAPI document publishes the same pattern.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]{0,253}[!-~])?$"
 MAX_STOP_STRINGS = 4
 
 

@@ -21,7 +21,7 @@ from api.auth import current_tenant, require_tenant
 from api.jsonl import decode_json, iter_jsonl
 from api.problems import ApiProblem, ErrorItem
 from api.result_shapes import batch_output_line
-from api.schemas import JobListQuery, ResultListQuery
+from api.schemas import IDEMPOTENCY_KEY_PATTERN, JobListQuery, ResultListQuery
 from api.services import db_session, services
 from api.submission import (
     JobOptions,
@@ -45,7 +45,7 @@ JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/json-li
 MULTIPART_TYPE = "multipart/form-data"
 FORM_FIELDS = ("metadata", "defaults", "model", "baseline_sample")
 JOB_ID = re.compile(r"job_[0-9A-Za-z]{1,36}")
-IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 RESULTS_YIELD_PER = 500
 BODY_BUFFER_BYTES = 64 * 1024
 
@@ -77,8 +77,8 @@ def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable():
-        message = f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX} printable characters"
+    if IDEMPOTENCY_KEY.fullmatch(key) is None:
+        message = "Idempotency-Key must be 1..255 visible ASCII characters (inner spaces allowed)"
         raise ApiProblem(
             422, "validation-error", message, [ErrorItem(message, field="Idempotency-Key")]
         )

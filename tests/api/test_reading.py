@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -125,15 +126,31 @@ def test_idempotency_key_returns_the_same_job(
     assert theirs["id"] != first["id"]
 
 
+@pytest.mark.parametrize("key", ["k" * 256, "caf\u00e9", "tab\there", "nbsp\u00a0key"])
 def test_bad_idempotency_key_is_rejected(
-    client: FlaskClient, app: Flask, tenant: ApiTenant
+    client: FlaskClient, app: Flask, tenant: ApiTenant, key: str
 ) -> None:
     before = row_counts(app)
     response = client.post(
-        "/v1/jobs", json=inline_job(1), headers={**tenant.headers, "Idempotency-Key": "k" * 256}
+        "/v1/jobs", json=inline_job(1), headers={**tenant.headers, "Idempotency-Key": key}
     )
     assert_problem(response, 422, "Idempotency-Key")
     assert row_counts(app) == before
+
+
+def test_idempotency_keys_the_document_allows_are_accepted(
+    client: FlaskClient, tenant: ApiTenant
+) -> None:
+    from api.schemas import IDEMPOTENCY_KEY_PATTERN
+
+    published = client.get("/openapi.json").get_json()["paths"]["/v1/jobs"]["post"]
+    (header,) = published["parameters"]
+    assert header["schema"]["pattern"] == IDEMPOTENCY_KEY_PATTERN
+    for key in ("a", "order 42 / retry #1", "~" * 255):
+        response = client.post(
+            "/v1/jobs", json=inline_job(1), headers={**tenant.headers, "Idempotency-Key": key}
+        )
+        assert response.status_code == 201, (key, response.get_json())
 
 
 def test_results_query_out_of_range_is_422_not_a_crash(
