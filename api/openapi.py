@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 from api import response_models as out
 from api.schemas import IDEMPOTENCY_KEY_PATTERN, MAX_INDEX, BatchLine, JobIn, UploadOptions
 from jobs.settings import Settings
+from jobs.windows import COMPLETION_WINDOW_PATTERN
 
 REF = "#/components/schemas/{model}"
 JSONL_MEDIA_TYPES = ("application/jsonl", "application/x-ndjson")
@@ -82,6 +83,11 @@ def _component_schemas(settings: Settings) -> dict[str, Any]:
             "defaults": {"type": "string", "description": "JSON object of sampling defaults."},
             "model": {"type": "string", "description": f"Must be '{settings.model_name}'."},
             "baseline_sample": {"type": "string", "description": "A number in [0, 1]."},
+            "completion_window": {
+                "type": "string",
+                "pattern": COMPLETION_WINDOW_PATTERN,
+                "description": "As JobIn's, e.g. '24h' (sent as is, not as JSON text).",
+            },
         },
         "required": ["file"],
         "additionalProperties": False,

@@ -70,6 +70,7 @@ class Job(Shape):
     object: Literal["job"]
     status: JobStatusName
     model: str
+    completion_window: str | None
     created_at: int
     in_progress_at: int | None
     finalizing_at: int | None
@@ -78,6 +79,7 @@ class Job(Shape):
     expired_at: int | None
     cancelling_at: int | None
     cancelled_at: int | None
+    expires_at: int | None
     request_counts: RequestCounts
     metadata: dict[str, str]
     stats: JobStatistics

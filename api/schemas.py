@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from jobs.windows import COMPLETION_WINDOW_PATTERN
+
 MAX_METADATA_PAIRS = 16
 MAX_SEED = 2**63 - 1
 MAX_TOP_K = 2**31 - 1
@@ -30,6 +32,20 @@ MAX_INDEX = 2**31 - 1  # input indexes are 32-bit INTEGER columns
 # survive a round trip unchanged. The OpenAPI document publishes the same pattern.
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]{0,253}[!-~])?$"
 MAX_STOP_STRINGS = 4
+
+
+CompletionWindow = Annotated[
+    str,
+    Field(
+        pattern=COMPLETION_WINDOW_PATTERN,
+        description=(
+            "How long the job may take, e.g. '24h' (OpenAI Batch's value): a whole number of "
+            "s, m, h or d (1 to 999999). Past it the job stops and ends `expired`: results "
+            "kept, requests without one get a `batch_expired` error."
+        ),
+        examples=["24h"],
+    ),
+]
 
 
 def _integral(value: Any) -> Any:
@@ -150,6 +166,7 @@ class JobIn(StrictModel):
     baseline_sample: float | None = Field(
         None, ge=0, le=1, description="Fraction of requests re-run with plain decoding."
     )
+    completion_window: CompletionWindow | None = None
 
     @field_validator("requests")
     @classmethod
@@ -283,6 +300,7 @@ class UploadOptions(StrictModel):
     metadata: Metadata | None = None
     baseline_sample: float | None = Field(None, ge=0, le=1)
     model: str | None = Field(None, min_length=1, max_length=256)
+    completion_window: CompletionWindow | None = None
 
 
 def validation_context(limits: InputLimits) -> dict[str, Any]:

@@ -50,6 +50,7 @@ class JobOptions:
     model: str | None = None
     baseline_sample: float | None = None
     idempotency_key: str | None = None
+    completion_window: str | None = None
 
 
 def field_path(loc: Iterable[int | str]) -> str:
@@ -213,6 +214,7 @@ def job_from_inline(
         model=rules.model_name,
         baseline_sample=job_in.baseline_sample,
         idempotency_key=idempotency_key,
+        completion_window=job_in.completion_window,
     )
 
 
@@ -278,6 +280,7 @@ def job_from_jsonl(
         model=rules.model_name,
         baseline_sample=options.baseline_sample,
         idempotency_key=options.idempotency_key,
+        completion_window=options.completion_window,
     )
 
 

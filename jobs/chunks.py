@@ -9,7 +9,7 @@ Session; they never commit.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -26,6 +26,7 @@ from jobs.models import (
 from jobs.types import Claim
 
 RUNNABLE_STATUSES = (JobStatus.VALIDATING, JobStatus.IN_PROGRESS)
+StopReason = Literal["cancelled", "expired"]
 _PAGE = 1000
 
 
@@ -54,8 +55,10 @@ def claim_chunk(
     if job_id is None:
         return None
     # Lock order everywhere: the job row, then its chunk rows (no deadlock with cancel).
-    status = session.scalar(select(Job.status).where(Job.id == job_id).with_for_update())
-    if status not in RUNNABLE_STATUSES:
+    job = session.execute(
+        select(Job.status, Job.expires_at).where(Job.id == job_id).with_for_update()
+    ).one()
+    if job.status not in RUNNABLE_STATUSES or is_due(job.expires_at, now):
         return None
     row = session.execute(
         update(Chunk)
@@ -122,10 +125,23 @@ def heartbeat(
     return rowcount(done) == 1
 
 
-def is_job_runnable(session: Session, job_id: str) -> bool:
-    """False once the job is cancelling or finished: running chunks should stop."""
-    status = session.scalar(select(Job.status).where(Job.id == job_id))
-    return status in RUNNABLE_STATUSES
+def is_due(expires_at: datetime | None, now: datetime) -> bool:
+    """Whether a job with this `expires_at` has run out of its completion window."""
+    return expires_at is not None and expires_at <= now
+
+
+def job_stop_reason(
+    session: Session, job_id: str, *, now: datetime | None = None
+) -> StopReason | None:
+    """Why a running chunk of the job should stop, or None while the job is runnable:
+    `expired` once its completion window has ended, `cancelled` once it is cancelling or
+    finished."""
+    job = session.execute(select(Job.status, Job.expires_at).where(Job.id == job_id)).one()
+    if job.status == JobStatus.EXPIRED or (
+        job.status in RUNNABLE_STATUSES and is_due(job.expires_at, now or utcnow())
+    ):
+        return "expired"
+    return None if job.status in RUNNABLE_STATUSES else "cancelled"
 
 
 def pending_requests(session: Session, claim: Claim) -> list[JobRequest]:
@@ -204,16 +220,22 @@ def unclaimed_chunks(
     *,
     model: str | None = None,
     created_before: datetime | None = None,
+    now: datetime | None = None,
     limit: int = 1000,
 ) -> list[int]:
-    """Queued chunks of runnable jobs, oldest first (to re-enqueue if their message was lost).
+    """Queued chunks of runnable jobs within their completion window, oldest first (to
+    re-enqueue if their message was lost).
 
     `created_before` skips jobs so new that their creator may not have enqueued them yet.
     """
     query = (
         select(Chunk.id)
         .join(Job, Job.id == Chunk.job_id)
-        .where(Chunk.state == ChunkState.QUEUED, Job.status.in_(RUNNABLE_STATUSES))
+        .where(
+            Chunk.state == ChunkState.QUEUED,
+            Job.status.in_(RUNNABLE_STATUSES),
+            or_(Job.expires_at.is_(None), Job.expires_at > (now or utcnow())),
+        )
     )
     if model is not None:
         query = query.where(Job.model == model)

@@ -153,6 +153,9 @@ class Job(Base):
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONType, default=dict)
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     baseline_sample: Mapped[float] = mapped_column(Float)
+    # OpenAI Batch's completion window ('24h'); past expires_at the job stops and expires.
+    completion_window: Mapped[str | None] = mapped_column(String(16))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     total_count: Mapped[int] = mapped_column(Integer)
     completed_count: Mapped[int] = mapped_column(Integer, default=0)
     failed_count: Mapped[int] = mapped_column(Integer, default=0)

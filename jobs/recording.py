@@ -16,7 +16,7 @@ from sqlalchemy import Insert, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from jobs.chunks import rowcount
+from jobs.chunks import RUNNABLE_STATUSES, is_due, rowcount
 from jobs.models import (
     Chunk,
     ChunkState,
@@ -153,28 +153,33 @@ def cancelling_jobs(session: Session, *, model: str | None = None) -> list[str]:
     return list(session.scalars(query))
 
 
+def due_jobs(
+    session: Session, *, model: str | None = None, now: datetime | None = None
+) -> list[str]:
+    """Runnable jobs whose completion window has ended (the sweep expires them)."""
+    query = select(Job.id).where(
+        Job.status.in_(RUNNABLE_STATUSES), Job.expires_at <= (now or utcnow())
+    )
+    if model is not None:
+        query = query.where(Job.model == model)
+    return list(session.scalars(query))
+
+
 def finish_job_if_done(session: Session, job_id: str, *, now: datetime | None = None) -> JobStatus:
     """Move the job to its terminal state when nothing is left to run; returns its status.
 
     cancelling -> cancelled once no chunk holds a live lease (requests without a result get a
-    `cancelled` result); otherwise, when every chunk is done: finalizing -> completed, or
-    failed when every request failed.
+    `cancelled` result); when every chunk is done: finalizing -> completed, or failed when
+    every request failed; a job past its `expires_at` with work left -> expired once no chunk
+    holds a live lease (requests without a result get a `batch_expired` one).
     """
     now = now or utcnow()
     job = _lock_job(session, job_id)
     if job.status.is_terminal:
         return job.status
     if job.status == JobStatus.CANCELLING:
-        live = session.scalar(
-            select(func.count(Chunk.id)).where(
-                Chunk.job_id == job_id,
-                Chunk.state == ChunkState.RUNNING,
-                Chunk.lease_expires_at >= now,
-            )
-        )
-        if live:
-            return job.status
-        _cancel_remaining(session, job, now)
+        if not _has_live_lease(session, job_id, now):
+            _stop_remaining(session, job, now, JobStatus.CANCELLED)
         return job.status
     unfinished = session.scalar(
         select(func.count(Chunk.id)).where(
@@ -182,6 +187,8 @@ def finish_job_if_done(session: Session, job_id: str, *, now: datetime | None = 
         )
     )
     if unfinished:
+        if is_due(job.expires_at, now) and not _has_live_lease(session, job_id, now):
+            _stop_remaining(session, job, now, JobStatus.EXPIRED)
         return job.status
     job.finalizing_at = now
     if job.completed_count == 0 and job.failed_count > 0:
@@ -198,11 +205,24 @@ def finish_job_if_done(session: Session, job_id: str, *, now: datetime | None = 
     return job.status
 
 
-def _cancel_remaining(session: Session, job: Job, now: datetime) -> None:
-    """Give every request without a result a `cancelled` one; stop all unfinished chunks."""
+def _has_live_lease(session: Session, job_id: str, now: datetime) -> bool:
+    live = session.scalar(
+        select(func.count(Chunk.id)).where(
+            Chunk.job_id == job_id,
+            Chunk.state == ChunkState.RUNNING,
+            Chunk.lease_expires_at >= now,
+        )
+    )
+    return bool(live)
+
+
+def _stop_remaining(session: Session, job: Job, now: datetime, status: JobStatus) -> None:
+    """End the job in `status` (cancelled or expired): every request without a result gets a
+    `cancelled` one (error code `cancelled` or `batch_expired`); unfinished chunks stop."""
     # One INSERT ... SELECT over all the job's requests; those that have a result already are
     # skipped by ON CONFLICT DO NOTHING (no planner-sensitive anti-join over results).
-    marker = RequestOutcome.cancelled(0, "")
+    expired = status == JobStatus.EXPIRED
+    marker = RequestOutcome.expired(0, "") if expired else RequestOutcome.cancelled(0, "")
     error = {"code": marker.error_code, "message": marker.error_message}
     source = select(
         JobRequest.job_id,
@@ -222,6 +242,9 @@ def _cancel_remaining(session: Session, job: Job, now: datetime) -> None:
         .values(state=ChunkState.CANCELLED, lease_owner=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
-    job.status = JobStatus.CANCELLED
-    job.cancelled_at = now
+    job.status = status
+    if expired:
+        job.expired_at = now
+    else:
+        job.cancelled_at = now
     session.flush()

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from jobs.windows import completion_window
 from s4c_engine.config import DEFAULT_MODEL_NAME
 
 
@@ -41,6 +42,17 @@ def _float(environ: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _window(environ: Mapping[str, str], name: str) -> str | None:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        completion_window(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from exc
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -66,6 +78,8 @@ class Settings:
     max_batch_size: int = 16
     baseline_sample: float = 0.05
     baseline_min_count: int = 2
+    # a job's completion window when it names none ('24h'; None: jobs without one never expire)
+    completion_window: str | None = None
     # Redis redelivers a message unacked for this long; keep it well above the longest chunk.
     visibility_timeout_seconds: int = 3600
     # Prometheus endpoint of each worker process (0 = off); one port per process on a host.
@@ -107,6 +121,7 @@ class Settings:
             max_batch_size=_int(env, "S4C_MAX_BATCH_SIZE", 16),
             baseline_sample=_float(env, "S4C_BASELINE_SAMPLE", 0.05),
             baseline_min_count=_int(env, "S4C_BASELINE_MIN_COUNT", 2),
+            completion_window=_window(env, "S4C_COMPLETION_WINDOW"),
             visibility_timeout_seconds=_int(env, "S4C_VISIBILITY_TIMEOUT_SECONDS", 3600),
             worker_metrics_port=_int(env, "S4C_WORKER_METRICS_PORT", 0),
             torch_threads=_int(env, "S4C_TORCH_THREADS", 0),

@@ -50,6 +50,7 @@ from jobs.recording import finish_job_if_done, record_chunk_results
 from jobs.settings import Settings
 from jobs.types import NewJob
 from jobs.views import job_view, result_view
+from jobs.windows import completion_window
 from s4c_engine.config import ChatMessage, Prompt, SamplingParams
 
 __all__ = [
@@ -138,6 +139,8 @@ def create_job(
     total = len(new_job.requests)
     chunk_size = max(1, cfg.chunk_size)
     fraction = cfg.baseline_sample if new_job.baseline_sample is None else new_job.baseline_sample
+    window = new_job.completion_window or cfg.completion_window
+    expires_at = None if window is None else now + completion_window(window)
     job = Job(
         id=new_job_id(),
         tenant_id=tenant.id,
@@ -146,6 +149,8 @@ def create_job(
         metadata_=dict(new_job.metadata),
         errors=[],
         baseline_sample=fraction,
+        completion_window=window,
+        expires_at=expires_at,
         total_count=total,
         completed_count=0,
         failed_count=0,

@@ -29,13 +29,15 @@ class NewRequest:
 class NewJob:
     """A validated job. `model=None` means the deployment's default model; `baseline_sample`
     is the fraction of requests re-run with plain decoding (None: the deployment default,
-    0: no baseline)."""
+    0: no baseline); `completion_window` ('24h', see `jobs.windows`) is how long the job
+    may take before it expires (None: the deployment default, which may be no limit)."""
 
     requests: Sequence[NewRequest]
     metadata: Mapping[str, str] = field(default_factory=dict)
     model: str | None = None
     baseline_sample: float | None = None
     idempotency_key: str | None = None
+    completion_window: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,17 @@ class RequestOutcome:
             ResultStatus.CANCELLED,
             error_code="cancelled",
             error_message="the job was cancelled before this request finished",
+        )
+
+    @classmethod
+    def expired(cls, index: int, custom_id: str) -> RequestOutcome:
+        """A request the job's completion window ended before (OpenAI Batch's code)."""
+        return cls(
+            index,
+            custom_id,
+            ResultStatus.CANCELLED,
+            error_code="batch_expired",
+            error_message="the job's completion window ended before this request finished",
         )
 
 

@@ -23,6 +23,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "object": "job",
         "status": job.status.value,
         "model": job.model,
+        "completion_window": job.completion_window,
         "created_at": _unix(job.created_at),
         "in_progress_at": _unix(job.in_progress_at),
         "finalizing_at": _unix(job.finalizing_at),
@@ -31,6 +32,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "expired_at": _unix(job.expired_at),
         "cancelling_at": _unix(job.cancelling_at),
         "cancelled_at": _unix(job.cancelled_at),
+        "expires_at": _unix(job.expires_at),
         "request_counts": {
             "total": job.total_count,
             "completed": job.completed_count,

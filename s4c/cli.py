@@ -322,8 +322,19 @@ def read_job_file(path: Path) -> tuple[str, Any]:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--wait", is_flag=True, help="Wait for the job with a progress bar.")
 @click.option("--metadata", "-m", multiple=True, metavar="KEY=VALUE", help="Job metadata.")
+@click.option(
+    "--completion-window",
+    metavar="WINDOW",
+    help="How long the job may take, e.g. 24h (s, m, h or d); past it the job expires.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the job object as JSON.")
-def submit(file: Path, wait: bool, metadata: tuple[str, ...], as_json: bool) -> None:
+def submit(
+    file: Path,
+    wait: bool,
+    metadata: tuple[str, ...],
+    completion_window: str | None,
+    as_json: bool,
+) -> None:
     """Submit FILE: OpenAI Batch JSONL, or a .json object {"requests": [...]}.
 
     Prints the job id on stdout (the whole job with --json).
@@ -345,9 +356,12 @@ def submit(file: Path, wait: bool, metadata: tuple[str, ...], as_json: bool) -> 
             metadata=body["metadata"] or None,
             model=body.get("model"),
             baseline_sample=body.get("baseline_sample"),
+            completion_window=completion_window or body.get("completion_window"),
         )
     else:
-        job = client.submit_jsonl(payload, metadata=pairs or None)
+        job = client.submit_jsonl(
+            payload, metadata=pairs or None, completion_window=completion_window
+        )
     if wait:
         click.echo(f"submitted {job.id}", err=True)
         with JobProgress(job.id) as progress:

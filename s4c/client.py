@@ -195,9 +195,12 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         model: str | None = None,
         baseline_sample: float | None = None,
+        completion_window: str | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
-        """Create a job from native requests ({"custom_id", "prompt"|"messages", params...})."""
+        """Create a job from native requests ({"custom_id", "prompt"|"messages", params...}).
+
+        `completion_window` ('24h') is how long the job may take before it expires."""
         body: dict[str, Any] = {"requests": list(requests_)}
         if defaults is not None:
             body["defaults"] = dict(defaults)
@@ -207,6 +210,8 @@ class Client:
             body["model"] = model
         if baseline_sample is not None:
             body["baseline_sample"] = baseline_sample
+        if completion_window is not None:
+            body["completion_window"] = completion_window
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         return Job.from_json(self._request("POST", "/v1/jobs", json=body, headers=headers))
 
@@ -215,16 +220,22 @@ class Client:
         source: Path | str | bytes | Iterable[Mapping[str, Any]],
         *,
         metadata: Mapping[str, str] | None = None,
+        completion_window: str | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
         """Create a job from OpenAI Batch input lines: a file path, JSONL bytes or dicts.
 
-        With metadata the file goes as a multipart upload (field `file`), else as an
-        `application/jsonl` body.
+        With metadata or a completion window the file goes as a multipart upload (field
+        `file`), else as an `application/jsonl` body.
         """
         payload = _jsonl_bytes(source)
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
-        if metadata is None:
+        form: dict[str, str] = {}
+        if metadata is not None:
+            form["metadata"] = json.dumps(dict(metadata))
+        if completion_window is not None:
+            form["completion_window"] = completion_window
+        if not form:
             headers["Content-Type"] = "application/jsonl"
             body = self._request("POST", "/v1/jobs", data=payload, headers=headers)
         else:
@@ -232,7 +243,7 @@ class Client:
                 "POST",
                 "/v1/jobs",
                 files={"file": ("batch.jsonl", payload, "application/jsonl")},
-                data={"metadata": json.dumps(dict(metadata))},
+                data=form,
                 headers=headers,
             )
         return Job.from_json(body)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from tqdm import tqdm
@@ -60,6 +61,11 @@ def format_job(job: Job) -> str:
         f"  requests: {counts.total} total, {counts.completed} completed, "
         f"{counts.failed} failed, {counts.cancelled} cancelled",
     ]
+    window = job.raw.get("completion_window")
+    if window:
+        expires = job.raw.get("expires_at")
+        when = "" if expires is None else f", expires {_clock(expires)}"
+        lines.append(f"  window:   {window}{when}")
     if job.metadata:
         pairs = ", ".join(f"{key}={value}" for key, value in sorted(job.metadata.items()))
         lines.append(f"  metadata: {pairs}")
@@ -70,6 +76,11 @@ def format_job(job: Job) -> str:
         lines.append("  statistics:")
         lines.extend("    " + line for line in stats.splitlines())
     return "\n".join(lines)
+
+
+def _clock(unix: Any) -> str:
+    """A unix time as 'YYYY-MM-DD HH:MM:SS UTC'."""
+    return datetime.fromtimestamp(int(unix), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _number(value: Any, digits: int = 2) -> str:

@@ -110,7 +110,7 @@ def run_chunk(
     generated = generate_isolating_failures(engine, pending, guard.should_stop)
     seconds = time.perf_counter() - started
     outcome = ChunkOutcome(
-        [_outcome(r, generated[r.index]) for r in pending], seconds, engine.method
+        [_outcome(r, generated[r.index], guard) for r in pending], seconds, engine.method
     )
     record_chunk(outcome)
     runs = {i: g for i, g in generated.items() if isinstance(g, GenerationResult)}
@@ -272,11 +272,13 @@ def _rerun(
 
 
 def _outcome(
-    request: PendingRequest, generated: GenerationResult | RequestOutcome
+    request: PendingRequest, generated: GenerationResult | RequestOutcome, guard: LeaseGuard
 ) -> RequestOutcome:
     if isinstance(generated, RequestOutcome):
         return generated
     if generated.finish_reason == "cancelled":
+        if guard.stop_reason == "expired":
+            return RequestOutcome.expired(request.index, request.custom_id)
         return RequestOutcome.cancelled(request.index, request.custom_id)
     if generated.finish_reason == "error":
         return RequestOutcome.failure(
@@ -321,7 +323,7 @@ def _run_one_by_one(
         started = time.perf_counter()
         generated = generate_isolating_failures(engine, [request], guard.should_stop)[request.index]
         outcome = ChunkOutcome(
-            [_outcome(request, generated)], time.perf_counter() - started, engine.method
+            [_outcome(request, generated, guard)], time.perf_counter() - started, engine.method
         )
         if guard.stopped:
             break

@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import store
-from jobs.chunks import is_job_runnable
+from jobs.chunks import StopReason, job_stop_reason
 from jobs.db import transaction
 from jobs.settings import Settings
 from jobs.types import Claim
@@ -23,7 +23,8 @@ CANCEL_CHECK_SECONDS = 1.0
 
 
 class LeaseGuard:
-    """The engine's `should_stop`: heartbeats the lease and watches for cancel and shutdown.
+    """The engine's `should_stop`: heartbeats the lease and watches for cancel, expiry and
+    shutdown.
 
     Database checks are throttled; a database outage is logged, not raised into the engine
     (the lease then simply expires and the fence keeps late writes out).
@@ -42,7 +43,8 @@ class LeaseGuard:
         self.heartbeat_every = max(0.5, settings.lease_seconds / 4)
         self.shutdown = shutdown
         self.lost = False
-        self.cancelled = False
+        self.cancelled = False  # the job stopped: cancelled, finished or expired
+        self.stop_reason: StopReason | None = None
         self.shutting_down = False
         self._last_heartbeat = time.monotonic()
         self._last_cancel_check = time.monotonic()
@@ -69,6 +71,8 @@ class LeaseGuard:
                     held = store.heartbeat(session, self.claim, lease_seconds=self.lease_seconds)
                     self.lost = self.lost or not held
                 self._last_cancel_check = time.monotonic()
-                self.cancelled = self.cancelled or not is_job_runnable(session, self.claim.job_id)
+                if not self.cancelled:
+                    self.stop_reason = job_stop_reason(session, self.claim.job_id)
+                    self.cancelled = self.stop_reason is not None
         except SQLAlchemyError:
             log.warning("chunk %s: database unreachable for heartbeat", self.claim.chunk_id)

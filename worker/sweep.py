@@ -3,8 +3,10 @@
 Each worker process runs `sweep_once` every `sweep_interval_seconds` in a daemon thread
 (`SweepThread`), independent of the task it is busy with. It hands back chunks whose lease
 expired (their worker died or froze) and re-enqueues them; if the model's queue is empty
-while queued chunks remain (a lost or flushed Redis), it re-enqueues those too; and it
-finishes cancelled jobs whose last running chunk died. Duplicate messages are harmless:
+while queued chunks remain (a lost or flushed Redis), it re-enqueues those too; it
+finishes cancelled jobs whose last running chunk died; and it expires jobs whose completion
+window has ended (at once when no chunk is running, else once the running ones have stopped
+and recorded what they finished). Duplicate messages are harmless:
 claiming is a compare-and-set. A thread rather than celery beat, because a solo-pool worker
 busy with a long chunk would not run a beat-scheduled task until the chunk ended.
 """
@@ -23,8 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs import store
 from jobs.db import transaction
 from jobs.messaging import enqueue_chunks, queue_depth, queue_for_model
-from jobs.models import utcnow
-from jobs.recording import cancelling_jobs
+from jobs.models import JobStatus, utcnow
+from jobs.recording import cancelling_jobs, due_jobs
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class SweepReport:
     expired: int  # chunks whose lease had expired, handed back
     requeued: int  # messages sent
     cancelled_jobs: int  # cancelling jobs moved to cancelled
+    expired_jobs: int = 0  # jobs past their completion window moved to expired
 
 
 def sweep_once(
@@ -59,19 +62,28 @@ def sweep_once(
         grace = timedelta(seconds=max(5, 2 * settings.sweep_interval_seconds))
         with transaction(sessions) as session:
             waiting = store.unclaimed_chunks(
-                session, model=model, created_before=(now or utcnow()) - grace
+                session, model=model, created_before=(now or utcnow()) - grace, now=now
             )
         to_send += [chunk_id for chunk_id in waiting if chunk_id not in set(expired)]
     finished = 0
     with transaction(sessions) as session:
         for job_id in cancelling_jobs(session, model=model):
             finished += store.finish_job_if_done(session, job_id, now=now).is_terminal
+    timed_out = 0
+    with transaction(sessions) as session:
+        for job_id in due_jobs(session, model=model, now=now):
+            status = store.finish_job_if_done(session, job_id, now=now)
+            timed_out += status == JobStatus.EXPIRED
     sent = enqueue_chunks(celery, to_send, queue) if to_send else 0
-    if expired or sent or finished:
+    if expired or sent or finished or timed_out:
         log.info(
-            "sweep: %d expired, %d re-enqueued, %d jobs cancelled", len(expired), sent, finished
+            "sweep: %d leases expired, %d re-enqueued, %d jobs cancelled, %d jobs expired",
+            len(expired),
+            sent,
+            finished,
+            timed_out,
         )
-    return SweepReport(len(expired), sent, finished)
+    return SweepReport(len(expired), sent, finished, timed_out)
 
 
 class SweepThread(threading.Thread):

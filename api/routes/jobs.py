@@ -43,7 +43,8 @@ bp.before_request(require_tenant)
 JSON_TYPES = ("application/json",)
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/json-lines")
 MULTIPART_TYPE = "multipart/form-data"
-FORM_FIELDS = ("metadata", "defaults", "model", "baseline_sample")
+FORM_FIELDS = ("metadata", "defaults", "model", "baseline_sample", "completion_window")
+PLAIN_FORM_FIELDS = ("model", "completion_window")  # strings as sent; the others are JSON
 JOB_ID = re.compile(r"job_[0-9A-Za-z]{1,36}")
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 RESULTS_YIELD_PER = 500
@@ -97,14 +98,14 @@ def _form_options(idempotency_key: str | None) -> JobOptions:
         names = ", ".join(f"'{n}'" for n in unknown + unknown_files)
         message = f"unknown form field(s) {names}; allowed: file, {', '.join(FORM_FIELDS)}"
         raise ApiProblem(422, "validation-error", message, [ErrorItem(message)])
-    # metadata, defaults and baseline_sample are JSON text; model is a plain string.
+    # metadata, defaults and baseline_sample are JSON text; model and completion_window are
+    # plain strings.
     raw: dict[str, Any] = {
-        name: decode_json(value.encode("utf-8", "surrogatepass"))
+        name: value
+        if name in PLAIN_FORM_FIELDS
+        else decode_json(value.encode("utf-8", "surrogatepass"))
         for name, value in request.form.items()
-        if name != "model"
     }
-    if "model" in request.form:
-        raw["model"] = request.form["model"]
     options = upload_options(raw, services().rules)
     return JobOptions(
         defaults=options.defaults,
@@ -112,6 +113,7 @@ def _form_options(idempotency_key: str | None) -> JobOptions:
         model=options.model,
         baseline_sample=options.baseline_sample,
         idempotency_key=idempotency_key,
+        completion_window=options.completion_window,
     )
 
 

@@ -40,6 +40,18 @@ def test_inline_job_is_stored_and_returned(
     assert after["jobs"] - before["jobs"] == 1
 
 
+def test_completion_window_sets_when_the_job_expires(
+    client: FlaskClient, tenant: ApiTenant
+) -> None:
+    response = submit(client, tenant, {**inline_job(2), "completion_window": "24h"})
+    assert response.status_code == 201, response.get_data(as_text=True)
+    job = assert_job(response.get_json())
+    assert job["completion_window"] == "24h"
+    assert job["expires_at"] == job["created_at"] + 86400
+    plain = assert_job(submit(client, tenant, inline_job(1)).get_json())
+    assert plain["completion_window"] is None and plain["expires_at"] is None
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -95,6 +107,12 @@ def test_bad_request_field_is_named_and_nothing_written(
         (inline_job(1, metadata={"k": 1}), "metadata.k"),
         (inline_job(1, defaults={"temperature": 9}), "defaults.temperature"),
         (inline_job(1, baseline_sample=2), "baseline_sample"),
+        ({**inline_job(1), "completion_window": "24"}, "completion_window"),
+        ({**inline_job(1), "completion_window": "0h"}, "completion_window"),
+        ({**inline_job(1), "completion_window": "1w"}, "completion_window"),
+        ({**inline_job(1), "completion_window": "24H"}, "completion_window"),
+        ({**inline_job(1), "completion_window": "1000000d"}, "completion_window"),
+        ({**inline_job(1), "completion_window": 24}, "completion_window"),
         ([1, 2], "body"),
     ],
 )

@@ -159,11 +159,13 @@ def test_multipart_upload_with_options(client: FlaskClient, app: Flask, tenant: 
         "file": (io.BytesIO(jsonl(batch_line("a"), batch_line("b"))), "batch.jsonl"),
         "metadata": json.dumps({"source": "upload"}),
         "defaults": json.dumps({"temperature": 0.3}),
+        "completion_window": "2h",  # a plain string, like model
     }
     response = client.post("/v1/jobs", data=form, headers=tenant.headers)
     assert response.status_code == 201, response.get_data(as_text=True)
     job = assert_job(response.get_json())
     assert job["metadata"] == {"source": "upload"} and job["request_counts"]["total"] == 2
+    assert job["completion_window"] == "2h" and job["expires_at"] == job["created_at"] + 7200
     with services_of(app).sessions() as session:
         params = session.scalars(select(JobRequest.params).where(JobRequest.job_id == job["id"]))
         assert all(p["temperature"] == 0.3 for p in params)
@@ -178,6 +180,8 @@ def test_multipart_upload_with_options(client: FlaskClient, app: Flask, tenant: 
         ({"metadata": json.dumps({"k": 5})}, 422, "metadata.k"),
         ({"defaults": json.dumps({"top_p": 0})}, 422, "defaults.top_p"),
         ({"model": "other-model"}, 422, "other-model"),
+        ({"completion_window": "24 h"}, 422, "completion_window"),
+        ({"completion_window": '"24h"'}, 422, "completion_window"),
     ],
 )
 def test_bad_multipart_upload_is_rejected(

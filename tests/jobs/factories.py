@@ -30,6 +30,7 @@ def new_job(
     baseline_sample: float | None = 0.0,
     idempotency_key: str | None = None,
     metadata: dict[str, str] | None = None,
+    completion_window: str | None = None,
 ) -> NewJob:
     requests = []
     for i in range(n):
@@ -44,6 +45,7 @@ def new_job(
         metadata=metadata or {},
         baseline_sample=baseline_sample,
         idempotency_key=idempotency_key,
+        completion_window=completion_window,
     )
 
 

@@ -8,9 +8,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jobs import store
-from jobs.chunks import is_job_runnable
+from jobs.chunks import job_stop_reason
 from jobs.models import Chunk, ChunkState, JobStatus, Result, ResultStatus, utcnow
-from jobs.recording import cancelling_jobs
+from jobs.recording import cancelling_jobs, due_jobs
 from jobs.store import baseline_chunk_seqs
 from jobs.types import BaselineRun, ChunkOutcome, Claim, RequestOutcome
 from s4c_engine.config import RequestStats
@@ -172,7 +172,7 @@ def test_cancelling_job_is_finished_once_its_running_lease_expires(db_session: S
     chunk_id = store.chunk_ids(db_session, job.id)[0]
     assert store.claim_chunk(db_session, chunk_id, "dead", lease_seconds=LEASE) is not None
     store.cancel_job(db_session, owner, job.id)
-    assert not is_job_runnable(db_session, job.id)
+    assert job_stop_reason(db_session, job.id) == "cancelled"
     assert cancelling_jobs(db_session) == [job.id]
     later = utcnow() + timedelta(seconds=LEASE + 1)
     assert store.finish_job_if_done(db_session, job.id) == JobStatus.CANCELLING
@@ -187,3 +187,97 @@ def test_baseline_sample_is_whole_chunks_spread_over_the_job() -> None:
     assert baseline_chunk_seqs(100, 10, 0.25, 2) == {0, 3, 6}  # 25 -> 3 of 10 chunks
     assert baseline_chunk_seqs(3, 16, 0.01, 2) == {0}
     assert baseline_chunk_seqs(40, 4, 1.0, 2) == set(range(10))
+
+
+def test_a_window_sets_expires_at_and_the_settings_give_the_default(db_session: Session) -> None:
+    owner = factories.tenant(db_session)
+    windowed = factories.job(db_session, owner, 2, completion_window="24h")
+    assert windowed.completion_window == "24h" and windowed.expires_at is not None
+    assert windowed.expires_at - windowed.created_at == timedelta(hours=24)
+    assert factories.job(db_session, owner, 2).expires_at is None  # no window: never expires
+    by_default = store.create_job(
+        db_session,
+        owner,
+        factories.new_job(2),
+        settings=factories.settings(completion_window="90m"),
+    )
+    assert by_default.completion_window == "90m"
+    assert by_default.expires_at == by_default.created_at + timedelta(minutes=90)
+    view = store.job_view(windowed)
+    assert view["completion_window"] == "24h"
+    assert view["expires_at"] == int(windowed.created_at.timestamp()) + 86400
+
+
+def test_a_job_past_its_window_is_not_claimed_and_expires_with_batch_expired_results(
+    db_session: Session,
+) -> None:
+    owner = factories.tenant(db_session)
+    job = factories.job(db_session, owner, 4, chunk_size=2, completion_window="1h")
+    first, second = store.chunk_ids(db_session, job.id)
+    claim = store.claim_chunk(db_session, first, "w1", lease_seconds=LEASE)
+    assert claim is not None and job_stop_reason(db_session, job.id) is None
+    store.record_chunk_results(db_session, claim, ChunkOutcome(_succeeded(db_session, claim)))
+    assert store.finish_job_if_done(db_session, job.id) == JobStatus.IN_PROGRESS
+    later = utcnow() + timedelta(hours=1, seconds=1)
+    assert job.id in due_jobs(db_session, now=later)
+    assert job.id not in due_jobs(db_session, now=utcnow())
+    assert job_stop_reason(db_session, job.id, now=later) == "expired"
+    assert store.claim_chunk(db_session, second, "w2", lease_seconds=LEASE, now=later) is None
+    assert second not in store.unclaimed_chunks(db_session, now=later)
+    assert store.finish_job_if_done(db_session, job.id, now=later) == JobStatus.EXPIRED
+    db_session.refresh(job)
+    assert job.expired_at == later and job.cancelled_at is None
+    assert (job.completed_count, job.failed_count, job.cancelled_count) == (2, 0, 2)
+    results = {
+        r.input_index: r for r in db_session.scalars(select(Result).where(Result.job_id == job.id))
+    }
+    assert [results[i].status for i in range(4)] == [ResultStatus.SUCCEEDED] * 2 + [
+        ResultStatus.CANCELLED
+    ] * 2
+    assert {results[i].error["code"] for i in (2, 3)} == {"batch_expired"}  # type: ignore[index]
+    states = db_session.scalars(select(Chunk.state).where(Chunk.job_id == job.id)).all()
+    assert sorted(states) == sorted([ChunkState.DONE, ChunkState.CANCELLED])
+    assert job_stop_reason(db_session, job.id) == "expired"
+    assert store.cancel_job(db_session, owner, job.id).status == JobStatus.EXPIRED  # type: ignore[union-attr]
+
+
+def test_expiry_waits_for_a_live_lease_and_keeps_what_the_chunk_recorded(
+    db_session: Session,
+) -> None:
+    owner = factories.tenant(db_session)
+    job = factories.job(db_session, owner, 4, chunk_size=2, completion_window="10s")
+    first, _ = store.chunk_ids(db_session, job.id)
+    claim = store.claim_chunk(db_session, first, "w1", lease_seconds=LEASE)
+    assert claim is not None
+    later = utcnow() + timedelta(seconds=11)
+    # the running chunk's worker stops at its next check and records; until then: in progress
+    assert store.finish_job_if_done(db_session, job.id, now=later) == JobStatus.IN_PROGRESS
+    one, two = store.pending_requests(db_session, claim)
+    stopped = [
+        _succeeded(db_session, claim)[0],
+        RequestOutcome.expired(two.input_index, two.custom_id),
+    ]
+    assert store.record_chunk_results(db_session, claim, ChunkOutcome(stopped), now=later)
+    db_session.refresh(job)
+    assert job.status == JobStatus.EXPIRED and job.expired_at == later
+    assert (job.completed_count, job.cancelled_count) == (1, 3)
+    codes = db_session.scalars(
+        select(Result.error).where(Result.job_id == job.id, Result.status == ResultStatus.CANCELLED)
+    ).all()
+    assert [c["code"] for c in codes] == ["batch_expired"] * 3  # type: ignore[index]
+    assert one.input_index == 0
+
+
+def test_a_job_that_finishes_inside_its_window_completes(db_session: Session) -> None:
+    owner = factories.tenant(db_session)
+    job = factories.job(db_session, owner, 2, chunk_size=2, completion_window="1s")
+    claim = store.claim_chunk(
+        db_session, store.chunk_ids(db_session, job.id)[0], "w1", lease_seconds=LEASE
+    )
+    assert claim is not None
+    # recorded after the window ended but with nothing left to run: completed, not expired
+    later = utcnow() + timedelta(seconds=5)
+    outcome = ChunkOutcome(_succeeded(db_session, claim))
+    assert store.record_chunk_results(db_session, claim, outcome, now=later)
+    db_session.refresh(job)
+    assert job.status == JobStatus.COMPLETED and job.expired_at is None

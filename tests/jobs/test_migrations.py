@@ -7,16 +7,18 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from jobs import migrate
 from jobs.db import create_db_engine
 from s4c.embedded import create_database, drop_database
 
 REPO = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -101,3 +103,40 @@ def test_concurrent_upgrades_on_postgresql_serialise(pg_server_url: str) -> None
     finally:
         engine.dispose()
         drop_database(pg_server_url, name)
+
+
+def test_0002_adds_the_completion_window_to_existing_jobs(fresh_url: str) -> None:
+    """A database with jobs from revision 0001 upgrades in place: old jobs have no window
+    (they never expire) and keep everything else; the downgrade drops only the new columns."""
+    assert _alembic(fresh_url, "upgrade", "0001").returncode == 0
+    engine = create_db_engine(fresh_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text("INSERT INTO tenants (id, name, created_at) VALUES (1, 't', :at)"), {"at": NOW}
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (id, tenant_id, status, model, metadata, errors, "
+                    "baseline_sample, total_count, completed_count, failed_count, "
+                    "cancelled_count, chunks_total, created_at) VALUES ('job_old', 1, "
+                    "'in_progress', 'm', '{}', '[]', 0.05, 3, 1, 0, 0, 1, :at)"
+                ),
+                {"at": NOW},
+            )
+        upgraded = _alembic(fresh_url, "upgrade", "head")
+        assert upgraded.returncode == 0, upgraded.stderr
+        with engine.connect() as connection:
+            row = connection.execute(
+                text("SELECT status, completed_count, completion_window, expires_at FROM jobs")
+            ).one()
+        assert tuple(row) == ("in_progress", 1, None, None)
+        down = _alembic(fresh_url, "downgrade", "0001")
+        assert down.returncode == 0, down.stderr
+        engine.dispose()
+        columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
+        assert "expires_at" not in columns and "completion_window" not in columns
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT id FROM jobs")).scalars().all() == ["job_old"]
+    finally:
+        engine.dispose()

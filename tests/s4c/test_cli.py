@@ -103,6 +103,38 @@ def test_submit_native_json_file(live_api: LiveApi, api_key: str, tmp_path: Path
     assert json.loads(result.stdout)["request_counts"]["total"] == 1
 
 
+def test_submit_with_a_completion_window_shows_when_the_job_expires(
+    live_api: LiveApi,
+    api_key: str,
+    tmp_path: Path,
+    write_jsonl: Callable[[list[dict[str, object]]], Path],
+) -> None:
+    env = api_env(live_api, api_key)
+    jsonl_job = run(
+        [
+            "submit",
+            str(write_jsonl([batch_line("a", "Hi")])),
+            "--completion-window",
+            "24h",
+            "--json",
+        ],
+        env,
+    )
+    assert jsonl_job.exit_code == 0, jsonl_job.output
+    body = json.loads(jsonl_job.stdout)
+    assert body["completion_window"] == "24h" and body["expires_at"] == body["created_at"] + 86400
+    human = run(["status", body["id"]], env)
+    assert "window:   24h, expires 20" in human.stdout and " UTC" in human.stdout
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"requests": [{"custom_id": "x", "prompt": "hi"}]}))
+    native = run(["submit", str(path), "--completion-window", "45m", "--json"], env)
+    assert native.exit_code == 0, native.output
+    assert json.loads(native.stdout)["completion_window"] == "45m"
+    bad = run(["submit", str(path), "--completion-window", "1 week"], env)
+    assert bad.exit_code == 1 and "completion_window" in bad.output
+    assert "Traceback" not in bad.output
+
+
 def test_a_malformed_jsonl_file_is_a_clear_error_naming_the_line(
     live_api: LiveApi, api_key: str, tmp_path: Path
 ) -> None:

@@ -58,9 +58,12 @@ def test_submit_jsonl_from_a_file_and_from_an_iterator(
     lines = [batch_line("one", "Hello"), batch_line("two", "Bonjour")]
     from_file = client.submit_jsonl(write_jsonl(lines))
     from_iterator = client.submit_jsonl(iter(lines), metadata={"via": "multipart"})
+    windowed = client.submit_jsonl(iter(lines), completion_window="2d")
     assert from_file.request_counts.total == 2
     assert from_iterator.request_counts.total == 2
     assert client.get_job(from_iterator.id).metadata == {"via": "multipart"}
+    assert client.get_job(windowed.id).raw["completion_window"] == "2d"
+    assert from_file.raw["completion_window"] is None
 
 
 def test_the_same_idempotency_key_returns_the_same_job(live_api: LiveApi, api_key: str) -> None:

@@ -51,6 +51,7 @@ def submit(
     max_tokens: int = 6,
     baseline_sample: float = 0.0,
     bad: set[int] | None = None,
+    completion_window: str | None = None,
 ) -> tuple[str, list[int]]:
     requests = []
     for i in range(n):
@@ -62,7 +63,12 @@ def submit(
         job = store.create_job(
             session,
             tenant,
-            NewJob(requests, model=settings.model_name, baseline_sample=baseline_sample),
+            NewJob(
+                requests,
+                model=settings.model_name,
+                baseline_sample=baseline_sample,
+                completion_window=completion_window,
+            ),
             settings=settings,
         )
         return job.id, store.chunk_ids(session, job.id)
@@ -358,6 +364,23 @@ def test_cancel_mid_chunk_stops_the_work_and_keeps_finished_results(
     results = results_of(sessions, job_id)
     assert len(results) == 8 and job.cancelled_count >= 4
     assert job.completed_count + job.failed_count + job.cancelled_count == 8
+
+
+def test_sweep_expires_a_job_past_its_window_that_no_worker_ran(
+    sessions: sessionmaker[Session], worker_settings: Settings
+) -> None:
+    celery = messaging.make_celery(worker_settings)
+    queue = messaging.queue_for_model(worker_settings.model_name)
+    job_id, _ = submit(sessions, worker_settings, 8, completion_window="30m")
+    assert sweep_once(sessions, celery, worker_settings).expired_jobs == 0
+    later = utcnow() + timedelta(minutes=31)
+    report = sweep_once(sessions, celery, worker_settings, now=later)
+    assert (report.expired_jobs, report.requeued) == (1, 0)  # an expired job's chunks: not sent
+    job = job_of(sessions, job_id)
+    assert job.status == JobStatus.EXPIRED and job.cancelled_count == 8
+    assert {r.error["code"] for r in results_of(sessions, job_id)} == {"batch_expired"}  # type: ignore[index]
+    assert messaging.queue_depth(celery, queue) == 0
+    assert sweep_once(sessions, celery, worker_settings, now=later).expired_jobs == 0
 
 
 def test_sweep_requeues_expired_leases_and_lost_messages(

@@ -6,6 +6,7 @@ every request has exactly one result row.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import messaging, store
-from jobs.models import Chunk, ChunkState, Job, JobStatus, Result, ResultStatus
+from jobs.models import Chunk, ChunkState, Job, JobStatus, Result, ResultStatus, utcnow
 from jobs.settings import Settings
 from tests.worker.conftest import WorkerProcess, api_client
 from tests.worker.test_generation import submit
@@ -226,4 +227,44 @@ def test_cancel_mid_job_is_cancelling_then_cancelled_and_keeps_finished_results(
         later = session.scalar(select(func.count(Result.id)).where(Result.job_id == job_id))
     assert later == 40 and last_write is not None and job.cancelled_at is not None
     assert last_write <= job.cancelled_at
+    assert worker.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_job_past_its_window_stops_mid_chunk_keeps_its_results_and_expires(
+    sessions: sessionmaker[Session], worker_settings: Settings, start_worker: StartWorker
+) -> None:
+    client, headers = api_client(worker_settings)
+    worker = start_worker(worker_settings)
+    worker.wait_ready()
+    job_id, chunk_ids = submit(
+        sessions, worker_settings, 40, max_tokens=120, completion_window="3s"
+    )
+    enqueue(worker_settings, chunk_ids)
+    # Hold the worker mid-chunk until the window has ended, so the window ends for sure while
+    # a chunk runs (the tiny model could otherwise finish the job first).
+    freeze_mid_chunk(sessions, job_id, worker)
+    try:
+        with sessions() as session:
+            expires_at = session.scalar(select(Job.expires_at).where(Job.id == job_id))
+        assert expires_at is not None
+        time.sleep(max(0.0, (expires_at - utcnow()).total_seconds()) + 0.5)
+    finally:
+        worker.signal(signal.SIGCONT)
+    assert wait_terminal(sessions, job_id, [worker]) == JobStatus.EXPIRED
+    view = client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
+    assert view["status"] == "expired" and view["expired_at"] >= view["expires_at"]
+    assert view["completion_window"] == "3s"
+    assert_one_result_per_request(sessions, job_id, 40)
+    lines = client.get(f"/v1/jobs/{job_id}/results.jsonl", headers=headers)
+    outputs = [json.loads(line) for line in lines.get_data(as_text=True).splitlines()]
+    assert len(outputs) == 40
+    expired = [o for o in outputs if o["error"] is not None]
+    assert expired and all(o["error"]["code"] == "batch_expired" for o in expired)
+    assert len(expired) == view["request_counts"]["cancelled"] >= 16  # the untouched chunks
+    # the frozen chunk's finished rows were kept: succeeded results are the rest
+    assert view["request_counts"]["completed"] == 40 - len(expired)
+    with sessions() as session:
+        attempts = session.scalars(select(Chunk.attempts).where(Chunk.job_id == job_id)).all()
+    assert sum(a == 0 for a in attempts) >= 4  # chunks not started before the window never ran
     assert worker.stop() == 0
