@@ -38,13 +38,15 @@ test: setup browser
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -ne 0 ]; then echo "pytest exit code $$rc"; fi; exit $$rc
 
-## browser: Debian's chromium and chromedriver for the dashboard test (installed once)
+## browser: Debian's chromium and chromedriver for the dashboard test (installed once; an
+## install interrupted earlier is finished first, or apt-get refuses to run)
 browser:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	  dpkg --configure -a && apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
 	else \
-	  sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; \
+	  sudo dpkg --configure -a && sudo apt-get update -qq && \
+	  sudo apt-get install -y -qq chromium chromium-driver; \
 	fi
 
 ## lint: ruff (lint and format), mypy, import-linter contracts
