@@ -78,8 +78,8 @@ class Target:
         narrow_kernels: bool = False,
     ) -> Target:
         """Load a HF causal-LM directory with SDPA attention, in eval mode. narrow_kernels:
-        an fp32 CPU model runs its few-row products (tree verification) through
-        `narrow_linear` (ignored where the kernel cannot run)."""
+        an fp32 CPU model runs its products of 1..32 rows (decoding steps, tree verification)
+        through `narrow_linear` (ignored where the kernel cannot run)."""
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
@@ -91,7 +91,7 @@ class Target:
 
             kernel = load_kernel()
             if kernel is not None:
-                use_narrow_linears(model, kernel)
+                use_narrow_linears(model, kernel, min_rows=1)
         return cls(model)
 
     @property
