@@ -222,7 +222,16 @@ function renderCards(job) {
     card("τ (tokens / forward)", fmt.num(s.tau, 2)),
     card("Measured speedup", fmt.speedup(b.speedup)),
     card("Greedy = plain", greedy, b.measured ? "token-identical outputs" : ""),
+    ...(job.completion_window ? [windowCard(job)] : []),
   );
+}
+
+// A job with a completion window: when it expires (or expired), in the viewer's local time.
+function windowCard(job) {
+  const when = job.expired_at
+    ? `expired ${fmt.time(job.expired_at)}`
+    : TERMINAL.has(job.status) ? "finished in time" : `expires ${fmt.time(job.expires_at)}`;
+  return card("Completion window", job.completion_window, when);
 }
 
 function throughputChart(job) {
@@ -332,6 +341,8 @@ async function submitJob(event) {
   if (metadata) form.append("metadata", metadata);
   const baseline = $("submit-baseline").value.trim();
   if (baseline) form.append("baseline_sample", baseline);
+  const completionWindow = $("submit-window").value.trim();
+  if (completionWindow) form.append("completion_window", completionWindow);
   $("submit-button").disabled = true;
   message.className = "";
   message.textContent = `Uploading ${file.name}…`;

@@ -198,12 +198,13 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
 
         wait.until(clicked)
 
-    def send(path: Path, metadata: dict[str, str], baseline_sample: str) -> str:
+    def send(path: Path, metadata: dict[str, str], baseline_sample: str, window: str = "") -> str:
         """Fill the form, press Submit, return the new message once it replaced the old."""
         browser.find_element(By.ID, "submit-file").send_keys(str(path))
         for field_id, text in (
             ("submit-metadata", json.dumps(metadata)),
             ("submit-baseline", baseline_sample),
+            ("submit-window", window),
         ):
             field = browser.find_element(By.ID, field_id)
             field.clear()
@@ -218,8 +219,10 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
         )
         return str(browser.find_element(By.ID, "submit-message").text)
 
-    def submit(path: Path, metadata: dict[str, str], baseline_sample: str = "") -> str:
-        message = send(path, metadata, baseline_sample)
+    def submit(
+        path: Path, metadata: dict[str, str], baseline_sample: str = "", window: str = ""
+    ) -> str:
+        message = send(path, metadata, baseline_sample, window)
         assert message.startswith("Submitted"), message
         return message.split()[1]
 
@@ -246,7 +249,11 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
     # submit two files with different categories; watch them progress and complete
     qa = submit(jsonl_file(tmp_path / "qa.jsonl", "qa", [4, 6, 8, 10, 12, 14]), {"category": "qa"})
     shoot(browser, "03-submitted")
-    chat = submit(jsonl_file(tmp_path / "chat.jsonl", "chat", [3, 5, 16, 20]), {"category": "chat"})
+    chat = submit(
+        jsonl_file(tmp_path / "chat.jsonl", "chat", [3, 5, 16, 20]),
+        {"category": "chat"},
+        window="1h",
+    )
     seen_progress: set[str] = set()
 
     def both_completed(_driver: Any) -> bool:
@@ -290,6 +297,27 @@ def test_sign_in_submit_watch_plots_and_cancel_in_chromium(
     caption = browser.find_element(By.ID, "throughput-caption").text
     assert "measured speedup" in caption
     shoot(browser, "05-completed-with-plots")
+
+    # the job sent with a completion window shows it, and that it finished in time
+    click(chat)
+    wait.until(ready.text_to_be_present_in_element((By.ID, "detail-id"), chat))
+    window_card = wait.until(
+        lambda _d: next(
+            (
+                card
+                for card in _d.find_elements(By.CSS_SELECTOR, "#detail-cards .card")
+                if card.find_element(By.CSS_SELECTOR, ".name").text == "Completion window"
+            ),
+            None,  # not drawn yet: wait for the next redraw
+        )
+    )
+    assert window_card.find_element(By.CSS_SELECTOR, ".val").text == "1h"
+    assert window_card.find_element(By.CSS_SELECTOR, ".note").text == "finished in time"
+    chat_view = requests.get(
+        f"{url}/v1/jobs/{chat}", headers={"Authorization": f"Bearer {key}"}, timeout=10
+    ).json()
+    assert chat_view["completion_window"] == "1h"
+    assert chat_view["expires_at"] == chat_view["created_at"] + 3600
 
     # cancel a big job (no baseline re-runs) from the page once its first chunk is in; big
     # enough (100 chunks) that a quiet machine cannot finish it before the click lands
