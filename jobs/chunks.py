@@ -135,8 +135,10 @@ def job_stop_reason(
 ) -> StopReason | None:
     """Why a running chunk of the job should stop, or None while the job is runnable:
     `expired` once its completion window has ended, `cancelled` once it is cancelling or
-    finished."""
-    job = session.execute(select(Job.status, Job.expires_at).where(Job.id == job_id)).one()
+    finished (or gone)."""
+    job = session.execute(select(Job.status, Job.expires_at).where(Job.id == job_id)).one_or_none()
+    if job is None:
+        return "cancelled"
     if job.status == JobStatus.EXPIRED or (
         job.status in RUNNABLE_STATUSES and is_due(job.expires_at, now or utcnow())
     ):

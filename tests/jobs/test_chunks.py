@@ -173,6 +173,7 @@ def test_cancelling_job_is_finished_once_its_running_lease_expires(db_session: S
     assert store.claim_chunk(db_session, chunk_id, "dead", lease_seconds=LEASE) is not None
     store.cancel_job(db_session, owner, job.id)
     assert job_stop_reason(db_session, job.id) == "cancelled"
+    assert job_stop_reason(db_session, "job_gone") == "cancelled"  # a deleted job stops too
     assert cancelling_jobs(db_session) == [job.id]
     later = utcnow() + timedelta(seconds=LEASE + 1)
     assert store.finish_job_if_done(db_session, job.id) == JobStatus.CANCELLING
