@@ -51,7 +51,6 @@ def _draft_with_narrow_kernels(heads: DraftHeads) -> None:
     use_narrow_linears(
         heads,
         kernel,
-        min_rows=1,
         max_rows=64,
         bf16=bool(kernel.has_bf16()),
         types=(torch.nn.Linear, VocabProjection),

@@ -9,7 +9,7 @@ of `min_rows..max_rows` rows go through our kernel (`csrc/narrow_linear.cpp`, we
 once into 16-column panels), all others (prefill, training) through the stock `F.linear` on
 the same weight. Results equal `F.linear` up to fp32 summation order.
 
-Targets use it from one row up: one-token decoding too. On the Xeon (Sapphire Rapids) VM the
+`min_rows` is 1 by default, so one-token decoding goes through it too. On the Xeon (Sapphire Rapids) VM the
 stock one-row product ran at about the kernel's speed, but on an AMD EPYC VM the stock
 products were 2-3x slower at every width (SmolLM2's 49152x576 lm_head: 9.9 ms per one-row
 call vs 3.1 ms), so plain decoding (`ar`, the baseline every measured speedup divides by)
@@ -87,7 +87,7 @@ class NarrowLinear(nn.Module):
         self,
         linear: nn.Module,
         kernel: ModuleType,
-        min_rows: int = 2,
+        min_rows: int = 1,
         max_rows: int = 32,
         bf16: bool = False,
     ) -> None:
@@ -128,7 +128,7 @@ def use_narrow_linears(
     model: nn.Module,
     kernel: ModuleType,
     *,
-    min_rows: int = 2,
+    min_rows: int = 1,
     max_rows: int = 32,
     bf16: bool = False,
     types: tuple[type[nn.Module], ...] = (nn.Linear,),

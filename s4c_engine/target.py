@@ -91,7 +91,7 @@ class Target:
 
             kernel = load_kernel()
             if kernel is not None:
-                use_narrow_linears(model, kernel, min_rows=1)
+                use_narrow_linears(model, kernel)
         return cls(model)
 
     @property

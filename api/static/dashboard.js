@@ -228,9 +228,10 @@ function renderCards(job) {
 
 // A job with a completion window: when it expires (or expired), in the viewer's local time.
 function windowCard(job) {
-  const when = job.expired_at
-    ? `expired ${fmt.time(job.expired_at)}`
-    : TERMINAL.has(job.status) ? "finished in time" : `expires ${fmt.time(job.expires_at)}`;
+  let when = `expires ${fmt.time(job.expires_at)}`;
+  if (job.expired_at) when = `expired ${fmt.time(job.expired_at)}`;
+  else if (job.status === "cancelled") when = "cancelled before it expired";
+  else if (TERMINAL.has(job.status)) when = "finished in time";
   return card("Completion window", job.completion_window, when);
 }
 

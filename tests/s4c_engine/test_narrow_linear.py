@@ -48,9 +48,11 @@ def test_a_rows_result_does_not_depend_on_the_other_rows() -> None:
     narrow = NarrowLinear(layer, KERNEL)
     x = torch.randn(12, 576)
     with torch.inference_mode():
+        one = narrow(x[:1])  # a plain decoding step's product
         alone = narrow(x[:2])
-        together = narrow(x)
-    assert torch.equal(alone, together[:2])  # same summation order whatever the width
+        together = narrow(x)  # a verify step's
+    assert torch.equal(one, together[:1])  # same summation order whatever the width
+    assert torch.equal(alone, together[:2])
 
 
 @needs_kernel
