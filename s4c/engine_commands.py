@@ -126,6 +126,16 @@ def bench(
 @click.option(
     "--num-layers", type=int, default=2, show_default=True, help="ResBlocks per s4c head."
 )
+@click.option(
+    "--context-heads", type=click.IntRange(min=0), default=0, show_default=True,
+    help="s4c only: attention heads over the committed context (0: none); such runs draw "
+    "whole samples, --batch-size positions per step.",
+)  # fmt: skip
+@click.option(
+    "--init-heads", type=PathOption, default=None,
+    help="s4c only: start from these trained heads (their weights and draft vocabulary; "
+    "new parts such as context attention start as the identity).",
+)  # fmt: skip
 @click.option("--steps", type=int, default=8_000, show_default=True)
 @click.option("--batch-size", type=int, default=512, show_default=True)
 @click.option(
@@ -149,6 +159,8 @@ def train_heads(
     feature_layers: str,
     num_heads: int,
     num_layers: int,
+    context_heads: int,
+    init_heads: Path | None,
     steps: int,
     batch_size: int,
     autocast: bool,
@@ -182,6 +194,8 @@ def train_heads(
         feature_layers=layers,
         num_heads=num_heads,
         num_layers=num_layers,
+        context_heads=context_heads,
+        init_heads=init_heads,
         steps=steps,
         batch_size=batch_size,
         autocast=autocast,

@@ -42,6 +42,7 @@ import torch
 
 from s4c_engine.attention import build_step_mask, causal_block, right_pad
 from s4c_engine.config import FinishReason, RequestStats, SamplingParams
+from s4c_engine.context_memory import RowContext, batch_context
 from s4c_engine.drafting import TreeShape, propose
 from s4c_engine.heads import DraftHeads
 from s4c_engine.kv_cache import RowKVCache, fill_holes
@@ -107,6 +108,7 @@ class _Row:
     started: float | None = None
     ended: float | None = None
     lookup: NgramLookup | None = None  # built at the first step that drafts from context
+    context: RowContext | None = None  # heads with context attention: this row's entries
 
     def lookup_chain(self, length: int) -> list[int]:
         """The context-lookup draft after this row's root (the last token it committed)."""
@@ -182,7 +184,7 @@ def decode_batch(
                 admitted = [
                     waiting.popleft() for _ in range(min(limit - len(batch.live), len(waiting)))
                 ]
-                _admit(target, batch, rows, admitted, policy, decode, limit, observer)
+                _admit(target, batch, rows, admitted, policy, decode, limit, observer, heads)
                 _drop_finished(rows, batch)
                 continue
             size = len(batch.live)
@@ -222,6 +224,7 @@ def _admit(
     decode: Decode | None,
     slots: int,
     observer: PositionObserver | None,
+    heads: DraftHeads | None = None,
 ) -> None:
     """Prefill the admitted rows straight into free slots of the batch cache (room for
     `slots` rows), then make them live. Rows of similar prompt length prefill together
@@ -241,7 +244,7 @@ def _admit(
     for group in prefill_groups([len(rows[i].request.prompt_ids) for i in admitted]):
         joining_ids = [admitted[g] for g in group]
         joining = cache.join_view(len(joining_ids))
-        hidden, roots = _prefill(target, joining, rows, joining_ids, decode, observer)
+        hidden, roots = _prefill(target, joining, rows, joining_ids, decode, observer, heads)
         cache.adopt(joining)
         if not batch.live:
             batch.hidden, batch.roots = hidden, roots
@@ -285,9 +288,10 @@ def _prefill(
     joining: list[int],
     decode: Decode | None,
     observer: PositionObserver | None,
+    heads: DraftHeads | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the prompts of rows `joining`, choose each row's first token. Returns h_t (B, F)
-    and roots (B,)."""
+    and roots (B,). Heads with context attention get each row's prompt entries."""
     started = time.perf_counter()
     group = [rows[i] for i in joining]
     ids, lengths = right_pad(
@@ -312,7 +316,26 @@ def _prefill(
         row.forwards = 1
         row.finish = extend_until_stop(row.tokens, [token], row.request.stop_rule, decode)
         firsts.append(token)
+    if heads is not None and heads.context is not None:
+        for b, row in enumerate(group):
+            _remember_prompt(heads, row, features[b, : int(lengths[b])], firsts[b])
     return hidden, torch.tensor(firsts, device=target.device)
+
+
+def _remember_prompt(heads: DraftHeads, row: _Row, features: torch.Tensor, first: int) -> None:
+    """Start `row`'s context memory with its prompt positions from the heads' context_start
+    on; features (n, F) of its n prompt positions, `first` the token chosen after them."""
+    prompt = row.request.prompt_ids
+    skip = min(heads.config.context_start, len(prompt))
+    device = features.device
+    tokens = torch.tensor(prompt[skip:], dtype=torch.long, device=device)
+    following = torch.tensor(
+        [*prompt[skip + 1 :], first][: len(prompt) - skip], dtype=torch.long, device=device
+    )
+    keys, values = heads.context_entries(features[skip:], tokens, following)
+    capacity = len(prompt) - skip + row.request.stop_rule.max_tokens + 1
+    row.context = RowContext(capacity, int(keys.shape[-1]), device, keys.dtype)
+    row.context.append(keys, values)
 
 
 def _step(
@@ -329,7 +352,13 @@ def _step(
     t0 = time.perf_counter()
     live_rows = [rows[i] for i in batch.live]
     chains = [r.lookup_chain(shape.lookup) for r in live_rows] if shape.lookup else None
-    tree = propose(heads, batch.hidden, batch.roots, shape, static.get(shape), chains)
+    uses_context = heads is not None and heads.context is not None
+    context = None
+    if uses_context and not shape.is_plain:
+        memories = [r.context for r in live_rows]
+        assert all(m is not None for m in memories), "every row is prefilled with its memory"
+        context = batch_context(memories)  # type: ignore[arg-type]
+    tree = propose(heads, batch.hidden, batch.roots, shape, static.get(shape), chains, context)
     t1 = time.perf_counter()
     out = verify(target, batch.cache, tree)
     acceptance = accept(
@@ -337,14 +366,19 @@ def _step(
     )
     counts = [a + 1 for a in acceptance.accepted]
     batch.cache.commit_path(acceptance.path_nodes, counts)
-    if observer is not None:
+    if observer is not None or uses_context:
         path = acceptance.path_nodes[:, :, None]
-        observer.committed(
-            batch.live,
-            torch.gather(out.hidden, 1, path.expand(-1, -1, out.hidden.shape[-1])),
-            torch.gather(out.logits, 1, path.expand(-1, -1, out.logits.shape[-1])),
-            counts,
-        )
+        path_hidden = torch.gather(out.hidden, 1, path.expand(-1, -1, out.hidden.shape[-1]))
+        if observer is not None:
+            observer.committed(
+                batch.live,
+                path_hidden,
+                torch.gather(out.logits, 1, path.expand(-1, -1, out.logits.shape[-1])),
+                counts,
+            )
+        if uses_context:
+            assert heads is not None
+            _remember_path(heads, live_rows, tree, acceptance, path_hidden)
     t2 = time.perf_counter()
     for row in live_rows:
         row.forwards += 1
@@ -355,6 +389,30 @@ def _step(
     last = acceptance.last_node[:, None, None].expand(-1, 1, out.hidden.shape[-1])
     batch.hidden = torch.gather(out.hidden, 1, last)[:, 0]
     return acceptance
+
+
+def _remember_path(
+    heads: DraftHeads,
+    rows: list[_Row],
+    tree: TreeBuffers,
+    acceptance: Acceptance,
+    path_hidden: torch.Tensor,
+) -> None:
+    """Add the positions each row committed this step to its context memory: the accepted
+    path's nodes (root first), path_hidden (B, A, F) their features, each followed by the
+    next emitted token."""
+    tokens = torch.gather(tree.tokens, 1, acceptance.path_nodes)  # (B, A)
+    width = tokens.shape[1]
+    following = torch.tensor(
+        [e[:width] + [e[-1]] * (width - len(e[:width])) for e in acceptance.emitted],
+        dtype=torch.long,
+        device=tokens.device,
+    )
+    keys, values = heads.context_entries(path_hidden, tokens, following)  # (B, A, A')
+    for b, row in enumerate(rows):
+        if row.context is not None:
+            n = acceptance.accepted[b] + 1
+            row.context.append(keys[b, :n], values[b, :n])
 
 
 def _node_uniforms(rows: list[_Row], tree: TreeBuffers) -> list[torch.Tensor | None]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from s4c_engine.heads import DraftHeads
+from s4c_engine.heads import Context, DraftHeads
 from s4c_engine.tree import (
     StaticTree,
     TreeBuffers,
@@ -77,19 +77,21 @@ def propose(
     shape: TreeShape,
     static: StaticTree | None = None,
     chains: list[list[int]] | None = None,
+    context: Context | None = None,
 ) -> TreeBuffers:
     """Draft one tree per row. hidden: (B, F) features of the last committed token; roots:
     (B,); chains: per row the context-lookup continuation after its root (used up to
-    `shape.lookup` tokens)."""
+    `shape.lookup` tokens); context: what heads with context attention attend over (mask
+    (B, 1, L))."""
     if shape.is_plain:
         return root_only(roots)
     if heads is None or shape.head_nodes == 1:
         tree = root_only(roots)
     elif shape.spec is not None:
         compiled = static if static is not None else compile_tree(shape.spec, hidden.device)
-        tree = _propose_static(heads, hidden, roots, compiled)
+        tree = _propose_static(heads, hidden, roots, compiled, context)
     else:
-        tree = _propose_dynamic(heads, hidden, roots, shape)
+        tree = _propose_dynamic(heads, hidden, roots, shape, context)
     if shape.lookup and chains is not None:
         tree = graft_chains(tree, [c[: shape.lookup] for c in chains])
     return tree
@@ -125,18 +127,26 @@ def graft_chains(tree: TreeBuffers, chains: list[list[int]]) -> TreeBuffers:
 
 
 def _head_log_probs(
-    heads: DraftHeads, depth: int, hidden: torch.Tensor, paths: torch.Tensor
+    heads: DraftHeads,
+    depth: int,
+    hidden: torch.Tensor,
+    paths: torch.Tensor,
+    context: Context | None = None,
 ) -> torch.Tensor:
     """Log-probs (B, M, Vd) of head `depth` for M paths per row; paths: (B, M, depth+1)."""
     if heads.config.kind == "medusa":  # path-independent: score once per row, share it
         logits = heads.head_logits(depth, hidden[:, None], None)
         return logits.float().log_softmax(-1).expand(-1, paths.shape[1], -1)
     h = hidden[:, None].expand(-1, paths.shape[1], -1)
-    return heads.head_logits(depth, h, paths).float().log_softmax(-1)
+    return heads.head_logits(depth, h, paths, context).float().log_softmax(-1)
 
 
 def _propose_dynamic(
-    heads: DraftHeads, hidden: torch.Tensor, roots: torch.Tensor, shape: TreeShape
+    heads: DraftHeads,
+    hidden: torch.Tensor,
+    roots: torch.Tensor,
+    shape: TreeShape,
+    context: Context | None = None,
 ) -> TreeBuffers:
     b = roots.shape[0]
     depth_limit = min(shape.depth, heads.num_heads)
@@ -151,7 +161,7 @@ def _propose_dynamic(
     for d in range(depth_limit):
         if d > 0 and bool((frontier_scores < floor).all()):
             break  # nothing deeper can clear the floor: stop drafting early
-        logp = _head_log_probs(heads, d, hidden, frontier_paths)  # (B, F, Vd)
+        logp = _head_log_probs(heads, d, hidden, frontier_paths, context)  # (B, F, Vd)
         top = torch.topk(logp, k, dim=-1)
         scores = (frontier_scores[:, :, None] + top.values).flatten(1)  # (B, F*k)
         tokens = heads.to_target_ids(top.indices).flatten(1)
@@ -198,7 +208,11 @@ def _propose_dynamic(
 
 
 def _propose_static(
-    heads: DraftHeads, hidden: torch.Tensor, roots: torch.Tensor, tree: StaticTree
+    heads: DraftHeads,
+    hidden: torch.Tensor,
+    roots: torch.Tensor,
+    tree: StaticTree,
+    context: Context | None = None,
 ) -> TreeBuffers:
     b, n = roots.shape[0], tree.num_nodes
     tokens = torch.zeros(b, n, dtype=torch.long, device=roots.device)
@@ -216,7 +230,7 @@ def _propose_static(
         nodes = by_depth[depth]
         parent_nodes = sorted({parents[i] for i in nodes})
         parent_paths = torch.stack([paths[p] for p in parent_nodes], 1)  # (B, P, depth)
-        logp = _head_log_probs(heads, depth - 1, hidden, parent_paths)
+        logp = _head_log_probs(heads, depth - 1, hidden, parent_paths, context)
         need = max(ranks[i] for i in nodes) + 1
         top = heads.to_target_ids(torch.topk(logp, need, dim=-1).indices)  # (B, P, need)
         slot = {p: j for j, p in enumerate(parent_nodes)}

@@ -48,6 +48,13 @@ class HeadConfig:
     hidden_size: int = 0
     vocab_size: int = 0
     feature_layers: tuple[int, ...] = ()
+    # Context attention (s4c only; 0 = none): each head attends, from its own input, over
+    # per-position keys/values of the committed context, built from (h_p, x_p, x_{p+1}), with
+    # `context_heads` attention heads of `context_head_dim`. Positions before
+    # `context_start` (the chat template's common header) never enter the context.
+    context_heads: int = 0
+    context_head_dim: int = 64
+    context_start: int = 0
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -60,6 +67,15 @@ class HeadConfig:
             raise ValueError("num_heads and num_layers must be >= 1")
         if not 0 < self.draft_vocab_size <= self.vocab_size:
             raise ValueError("draft_vocab_size must be in [1, vocab_size]")
+        if self.context_heads and self.kind != "s4c":
+            raise ValueError("only s4c heads attend over the context")
+        if self.context_heads < 0 or self.context_head_dim < 1 or self.context_start < 0:
+            raise ValueError("context_heads, context_start >= 0 and context_head_dim >= 1")
+
+    @property
+    def uses_context(self) -> bool:
+        """Whether the heads attend over the committed context (see `ContextAttention`)."""
+        return self.context_heads > 0
 
     @property
     def feature_size(self) -> int:
@@ -131,6 +147,69 @@ class ResBlock(nn.Module):
         return x + self.act(self.linear(x))
 
 
+@dataclass(frozen=True)
+class Context:
+    """What the heads attend over, for B rows: keys and values (B, L, A) of L context
+    positions (see `ContextAttention.entries`) and mask (B, M or 1, L) bool, True where query
+    m of row b may see position l (padding and, in training, later positions are False)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    mask: torch.Tensor
+
+
+class ContextAttention(nn.Module):
+    """The heads' attention over the committed context (s4c heads with `context_heads` > 0).
+
+    A context position p is the entry (h_p, x_p, x_{p+1}): the target's last hidden state
+    there, its input token and the token that followed (the target's own choice on answer
+    positions). One shared projection makes each entry's key and value once, when the
+    position is committed; head i queries with its own input (h_t and the path's tokens) and
+    adds the result back through its own zero-initialised output projection, so new context
+    attention leaves the heads' outputs unchanged until trained. A learned "sink" key with a
+    zero value is always present: a query may attend to nothing, and an empty context
+    (a prompt no longer than the header) is well defined. The query of a path that ends in
+    token A can match the entries whose x_p is A and read their x_{p+1}: the induction
+    pattern that h_t alone does not carry.
+    """
+
+    def __init__(self, size: int, num_heads: int, attn_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.attn_heads, self.head_dim = attn_heads, head_dim
+        width = attn_heads * head_dim
+        self.kv = nn.Linear(3 * size, 2 * width, bias=False)
+        self.sink = nn.Parameter(torch.zeros(width))
+        self.query = nn.ModuleList(nn.Linear(size, width, bias=False) for _ in range(num_heads))
+        self.out = nn.ModuleList(nn.Linear(width, size, bias=False) for _ in range(num_heads))
+        for proj in self.out:
+            nn.init.zeros_(proj.weight)
+
+    def entries(
+        self, hidden: torch.Tensor, token_emb: torch.Tensor, next_emb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (..., A) of context positions: hidden (..., D) h_p; token_emb,
+        next_emb (..., D) the embeddings of x_p and x_{p+1}."""
+        kv = self.kv(torch.cat([hidden, token_emb, next_emb], -1))
+        keys, values = kv.chunk(2, dim=-1)
+        return keys, values
+
+    def forward(self, head: int, x: torch.Tensor, context: Context) -> torch.Tensor:
+        """x (B, M, D) head `head`'s input for M queries per row -> (B, M, D) to add to x."""
+        b, m, _ = x.shape
+        h, dk = self.attn_heads, self.head_dim
+        sink = self.sink.to(context.keys.dtype).expand(b, 1, -1)
+        keys = torch.cat([sink, context.keys], 1)
+        values = torch.cat([torch.zeros_like(sink), context.values], 1)
+        mask = torch.cat(
+            [context.mask.new_ones(*context.mask.shape[:2], 1), context.mask], -1
+        )  # (B, M|1, 1 + L)
+        q = self.query[head](x).view(b, m, h, dk).transpose(1, 2)  # (B, H, M, dk)
+        k = keys.view(b, -1, h, dk).transpose(1, 2).to(q.dtype)
+        v = values.view(b, -1, h, dk).transpose(1, 2).to(q.dtype)
+        attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        return self.out[head](attended.transpose(1, 2).reshape(b, m, h * dk))
+
+
 class DraftHeads(nn.Module):
     """K draft heads; head i predicts the token i+2 positions after the hidden state's position.
 
@@ -177,6 +256,11 @@ class DraftHeads(nn.Module):
         self.blocks = nn.ModuleList(
             nn.Sequential(*[ResBlock(d) for _ in range(config.num_layers)])
             for _ in range(config.num_heads)
+        )
+        self.context = (
+            ContextAttention(d, config.num_heads, config.context_heads, config.context_head_dim)
+            if config.uses_context
+            else None
         )
         self.to(device=embed_weight.device, dtype=embed_weight.dtype)
 
@@ -234,15 +318,31 @@ class DraftHeads(nn.Module):
 
     # ---- inference ---------------------------------------------------------------------------
 
+    def context_entries(
+        self, hidden: torch.Tensor, tokens: torch.Tensor, next_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (..., A) of context positions for `head_features`' `context`:
+        hidden (..., F) the target's features there (the last hidden state is used), tokens
+        and next_tokens (...) the position's token and the one after it."""
+        if self.context is None:
+            raise ValueError("these heads do not attend over the context")
+        h = hidden[..., : self.config.hidden_size].to(self.embed_weight.dtype)
+        return self.context.entries(h, self.embed_weight[tokens], self.embed_weight[next_tokens])
+
     def head_features(
-        self, head: int, hidden: torch.Tensor, path_tokens: torch.Tensor | None
+        self,
+        head: int,
+        hidden: torch.Tensor,
+        path_tokens: torch.Tensor | None,
+        context: Context | None = None,
     ) -> torch.Tensor:
         """Head `head`'s output features before the vocabulary projection.
 
         hidden: (..., F) the target's features at t: last hidden state h_t, then the outputs of
         `config.feature_layers` (F = config.feature_size); path_tokens: (..., head+1) target
-        ids [root, draft_1, ..., draft_head] on the path (ignored by medusa heads).
-        Returns (..., D).
+        ids [root, draft_1, ..., draft_head] on the path (ignored by medusa heads); context
+        (heads with context attention, required there): what row b's queries attend over,
+        hidden being (B, M, F) or (M, F) for a single row. Returns (..., D).
         """
         x = hidden.to(self.embed_weight.dtype)  # heads may run in another dtype than the target
         if self.config.kind == "s4c":
@@ -250,13 +350,22 @@ class DraftHeads(nn.Module):
                 raise ValueError(f"s4c head {head} needs {head + 1} path tokens")
             emb = self.embed_weight[path_tokens]  # (..., head+1, D)
             x = self.input_proj[head](torch.cat([x, emb.flatten(-2)], -1))
+        if self.context is not None:
+            if context is None:
+                raise ValueError("heads with context attention need the context")
+            rows = x if x.dim() == 3 else x[None]
+            x = x + self.context(head, rows, context).view_as(x)
         return self.blocks[head](x)
 
     def head_logits(
-        self, head: int, hidden: torch.Tensor, path_tokens: torch.Tensor | None
+        self,
+        head: int,
+        hidden: torch.Tensor,
+        path_tokens: torch.Tensor | None,
+        context: Context | None = None,
     ) -> torch.Tensor:
         """Logits over the draft vocabulary, (..., Vd); see `head_features` for the inputs."""
-        return self.vocab(self.head_features(head, hidden, path_tokens))
+        return self.vocab(self.head_features(head, hidden, path_tokens, context))
 
     def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
         """Map draft-vocabulary indices to target token ids (same shape)."""
@@ -276,9 +385,14 @@ class DraftHeads(nn.Module):
         padded = torch.cat([input_ids, input_ids.new_zeros(b, self.num_heads + 1)], dim=1)
         # shifted[..., j] = input_ids[t + 1 + j]
         shifted = torch.stack([padded[:, 1 + j : 1 + j + t] for j in range(self.num_heads)], -1)
+        context = None
+        if self.context is not None:  # position t sees the entries of positions <= t
+            keys, values = self.context_entries(hidden, input_ids, shifted[..., 0])
+            causal = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
+            context = Context(keys, values, causal.expand(b, t, t))
         out = [
             self.head_logits(
-                i, hidden, shifted[..., : i + 1] if self.config.kind == "s4c" else None
+                i, hidden, shifted[..., : i + 1] if self.config.kind == "s4c" else None, context
             )
             for i in range(self.num_heads)
         ]

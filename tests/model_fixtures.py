@@ -78,8 +78,11 @@ def random_heads(
     seed: int = 0,
     scale: float = 0.05,
     feature_layers: tuple[int, ...] = (),
+    context_heads: int = 0,
+    context_start: int = 0,
 ) -> DraftHeads:
-    """Untrained heads with random perturbations (not the identity start)."""
+    """Untrained heads with random perturbations (not the identity start); context_heads > 0
+    adds context attention (head dim 8) over positions from context_start on."""
     vocab = int(model.config.vocab_size)
     config = HeadConfig.for_target(
         model,
@@ -88,6 +91,9 @@ def random_heads(
         num_heads=num_heads,
         draft_vocab_size=draft_vocab_size or vocab,
         feature_layers=feature_layers,
+        context_heads=context_heads,
+        context_head_dim=8,
+        context_start=context_start,
     )
     heads = DraftHeads.create(config, model)
     generator = torch.Generator().manual_seed(seed)

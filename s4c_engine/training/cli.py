@@ -44,6 +44,8 @@ class TrainHeadsConfig:
     feature_layers: tuple[int, ...] = ()  # s4c heads: decoder layers fused into the input
     num_heads: int = 4
     num_layers: int = 2  # ResBlocks per s4c head (medusa heads keep Medusa-1's one)
+    context_heads: int = 0  # s4c: attention heads over the committed context (0: none)
+    init_heads: Path | None = None  # s4c: start from these trained heads (see TrainConfig)
     draft_vocab_size: int = 8192
     steps: int = 8_000
     batch_size: int = 512
@@ -88,6 +90,8 @@ def cli_main(config: TrainHeadsConfig) -> list[TrainResult]:
                 autocast=config.autocast,
                 warmup_steps=200,
                 feature_layers=config.feature_layers if kind == "s4c" else (),
+                context_heads=config.context_heads if kind == "s4c" else 0,
+                init_heads=config.init_heads if kind == "s4c" else None,
                 draft_vocab_size=config.draft_vocab_size,
                 steps=config.steps,
                 batch_size=config.batch_size,

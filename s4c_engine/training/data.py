@@ -28,7 +28,8 @@ class PositionData:
     """Flat per-position arrays of one split; N positions, D hidden, k stored logits.
 
     hidden (N, D) fp16; token (N,) long; topk_ids (N, k) int32; topk_values (N, k) fp16;
-    depth_left (N,) long = positions left in this sample including this one;
+    depth_left (N,) long = positions left in this sample including this one (a sample's
+    positions are contiguous: it starts where the previous position's depth_left is 1);
     category (N,) long index into `categories`; is_answer (N,) bool; layers: decoder layer
     index -> (N, D) fp16 outputs of that layer (those the heads use and the shards hold).
     """
@@ -43,10 +44,20 @@ class PositionData:
     num_samples: int
     is_answer: torch.Tensor
     layers: dict[int, torch.Tensor]
+    input_token: torch.Tensor  # (N,) long: the token at the position (token[g] follows it)
 
     @property
     def num_positions(self) -> int:
         return int(self.token.shape[0])
+
+
+def sample_spans(data: PositionData) -> tuple[torch.Tensor, torch.Tensor]:
+    """First position and length (S,) of every sample of a split, in order."""
+    left = data.depth_left
+    first = torch.ones_like(left, dtype=torch.bool)
+    first[1:] = left[:-1] == 1
+    starts = torch.nonzero(first).squeeze(1)
+    return starts, left[starts]
 
 
 @dataclass(frozen=True)
@@ -150,7 +161,7 @@ def _allocate(
 ) -> PositionData:
     """A split's PositionData at its final size: tokens, depths, categories and answer flags
     filled from the index; features and logits zero until `load_splits` copies them in."""
-    token, left, cat, answer = [], [], [], []
+    token, inputs, left, cat, answer = [], [], [], [], []
     kept = 0
     for rec in records:
         n = _positions(rec)
@@ -160,6 +171,7 @@ def _allocate(
         seq = prompt + list(rec["answer_ids"])  # type: ignore[call-overload]
         start = len(seq) - 1 - n
         token.append(torch.tensor(seq[start + 1 :], dtype=torch.long))
+        inputs.append(torch.tensor(seq[start : start + n], dtype=torch.long))
         left.append(torch.arange(n, 0, -1, dtype=torch.long))
         cat.append(torch.full((n,), categories.index(str(rec["category"])), dtype=torch.long))
         answer.append(torch.arange(start, start + n) >= len(prompt) - 1)
@@ -177,6 +189,7 @@ def _allocate(
         num_samples=kept,
         is_answer=torch.cat(answer) if answer else torch.zeros(0, dtype=torch.bool),
         layers={i: torch.zeros(total, width, dtype=torch.float16) for i in layers},
+        input_token=torch.cat(inputs) if inputs else empty,
     )
 
 

@@ -13,14 +13,22 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from tqdm import tqdm
 
-from s4c_engine.heads import DraftHeads, HeadConfig, HeadKind
-from s4c_engine.training.data import PositionData, build_draft_vocab, load_splits
+from s4c_engine.heads import CONFIG_FILE, WEIGHTS_FILE, Context, DraftHeads, HeadConfig, HeadKind
+from s4c_engine.training.data import (
+    PositionData,
+    build_draft_vocab,
+    load_splits,
+    read_index,
+    sample_spans,
+)
 from s4c_engine.training.warm_start import warm_start
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,14 @@ class TrainConfig:
     num_heads: int = 4
     num_layers: int = 1
     feature_layers: tuple[int, ...] = ()  # s4c: decoder layers fused into the heads' input
+    # s4c: attention heads over the committed context (0 = none; see ContextAttention); such
+    # runs draw whole samples per step (batch_size positions at most) instead of positions
+    context_heads: int = 0
+    context_head_dim: int = 64
+    # start from these trained heads (a heads directory): their weights and draft vocabulary,
+    # new parts (context attention) at their identity start; no least-squares warm start
+    init_heads: Path | None = None
+    init_lr_scale: float = 0.25  # with init_heads: lr factor of the weights taken from them
     draft_vocab_size: int = 8192
     steps: int = 2000
     batch_size: int = 256  # positions per step
@@ -106,6 +122,12 @@ class Batch:
     valid: torch.Tensor
     greedy: torch.Tensor  # (K, B) target's greedy token at each head's position
     future: torch.Tensor  # (K, B, D) target hidden state at each head's position
+    # heads with context attention: the entries' inputs (N context positions) and which of
+    # them each of the B positions sees, (B, N) bool (same sample, not later)
+    context_hidden: torch.Tensor | None = None  # (N, D)
+    context_tokens: torch.Tensor | None = None  # (N,)
+    context_next: torch.Tensor | None = None  # (N,)
+    context_mask: torch.Tensor | None = None  # (B, N)
 
 
 @dataclass(frozen=True)
@@ -148,6 +170,57 @@ def make_batch(
     )
 
 
+def sample_batch(
+    data: PositionData,
+    samples: torch.Tensor,
+    usable: torch.Tensor,
+    num_heads: int,
+    device: str | torch.device = "cpu",
+    layers: tuple[int, ...] = (),
+    limit: int | None = None,
+) -> Batch | None:
+    """A batch of whole samples (their indices into `sample_spans`) for heads with context
+    attention: every position of the samples is a context entry, the `usable` ones (N,) bool
+    (the first `limit`) are scored, each seeing its own sample up to itself. None when no
+    position is usable."""
+    starts, lengths = sample_spans(data)
+    positions = torch.cat(
+        [torch.arange(int(starts[s]), int(starts[s] + lengths[s])) for s in samples]
+    )
+    owner = torch.cat([torch.full((int(lengths[s]),), j) for j, s in enumerate(samples)])
+    scored = torch.nonzero(usable[positions]).squeeze(1)[:limit]
+    if len(scored) == 0:
+        return None
+    batch = make_batch(data, positions[scored], num_heads, device, layers)
+    at = positions[scored]
+    mask = (owner[None, :] == owner[scored][:, None]) & (positions[None, :] <= at[:, None])
+    return Batch(
+        **{k: getattr(batch, k) for k in ("hidden", "path", "teacher_ids", "teacher_values")},
+        valid=batch.valid,
+        greedy=batch.greedy,
+        future=batch.future,
+        context_hidden=data.hidden[positions].float().to(device),
+        context_tokens=data.input_token[positions].to(device),
+        context_next=data.token[positions].to(device),
+        context_mask=mask.to(device),
+    )
+
+
+def step_samples(lengths: torch.Tensor, step: int, config: TrainConfig) -> torch.Tensor:
+    """Samples for `step` of a context run: a permutation seeded by (seed, step), taken until
+    `batch_size` positions (at least one sample), so a resumed run draws the same."""
+    gen = torch.Generator().manual_seed(config.seed * 100_003 + step)
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    chosen, total = [], 0
+    for s in order:
+        n = int(lengths[s])
+        if chosen and total + n > config.batch_size:
+            break
+        chosen.append(s)
+        total += n
+    return torch.tensor(chosen, dtype=torch.long)
+
+
 def head_losses(
     heads: DraftHeads, batch: Batch, noise: float = 0.0, generator: torch.Generator | None = None
 ) -> HeadLosses:
@@ -163,10 +236,20 @@ def head_losses(
     if noise > 0:
         jitter = torch.rand(hidden.shape, generator=generator).to(hidden.device) - 0.5
         hidden = hidden + noise * jitter
+    context = None
+    if heads.context is not None:
+        if batch.context_hidden is None or batch.context_mask is None:
+            raise ValueError("heads with context attention train on sample batches")
+        keys, values = heads.context_entries(
+            batch.context_hidden,
+            batch.context_tokens,
+            batch.context_next,  # type: ignore[arg-type]
+        )
+        context = Context(keys[None], values[None], batch.context_mask[None])
     ces, feats, preds = [], [], []
     for i in range(heads.num_heads):
         path = batch.path[:, : i + 1] if heads.config.kind == "s4c" else None
-        features = heads.head_features(i, hidden, path)  # (B, D)
+        features = heads.head_features(i, hidden, path, context)  # (B, D)
         # fp32 softmax and regression even under bf16 autocast (only the matmuls drop)
         logq = torch.log_softmax(heads.vocab(features).float(), dim=-1)  # (B, Vd)
         draft = heads.target_to_draft[batch.teacher_ids[i]]  # (B, k), -1 outside
@@ -200,10 +283,7 @@ def evaluate(heads: DraftHeads, data: PositionData, config: TrainConfig, step: i
     right, total, chain = (torch.zeros(k, device=config.device) for _ in range(3))
     loss_sum, batches = 0.0, 0
     weights = depth_weights(k, config.depth_decay).to(config.device)
-    for start in range(0, len(eligible), 1024):
-        batch = make_batch(
-            data, eligible[start : start + 1024], k, config.device, config.feature_layers
-        )
+    for batch in _validation_batches(heads, data, eligible, config):
         out = head_losses(heads, batch)
         preds = out.preds
         loss_sum += float((out.ce * weights).sum())
@@ -220,6 +300,39 @@ def evaluate(heads: DraftHeads, data: PositionData, config: TrainConfig, step: i
         chain=tuple(float(c / max(1, t)) for c, t in zip(chain, total)),
         positions=int(total[0]),
     )
+
+
+def _validation_batches(
+    heads: DraftHeads, data: PositionData, eligible: torch.Tensor, config: TrainConfig
+) -> Iterator[Batch]:
+    """The validation positions `eligible` in batches: 1,024 positions, or for heads with
+    context attention whole samples in order (about 2,048 positions each) until as many
+    positions as `eligible` holds are scored."""
+    k = heads.num_heads
+    if heads.context is None:
+        for start in range(0, len(eligible), 1024):
+            yield make_batch(
+                data, eligible[start : start + 1024], k, config.device, config.feature_layers
+            )
+        return
+    usable = torch.zeros(data.num_positions, dtype=torch.bool)
+    usable[eligible] = True
+    _, lengths = sample_spans(data)
+    left, group, size = len(eligible), [], 0
+    for s in range(len(lengths)):
+        group.append(s)
+        size += int(lengths[s])
+        if size < 2048 and s + 1 < len(lengths):
+            continue
+        batch = sample_batch(
+            data, torch.tensor(group), usable, k, config.device, config.feature_layers, left
+        )
+        group, size = [], 0
+        if batch is not None:
+            yield batch
+            left -= int(batch.hidden.shape[0])
+            if left <= 0:
+                return
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -239,6 +352,38 @@ def batch_indices(eligible: torch.Tensor, step: int, config: TrainConfig) -> tor
     gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     perm = torch.randperm(len(eligible), generator=gen)
     return eligible[perm[pos * config.batch_size : (pos + 1) * config.batch_size]]
+
+
+def _context_start(config: TrainConfig) -> int:
+    """Where the distilled samples' stored positions begin (the chat template's common
+    header is not stored): context entries start there at inference too."""
+    return min(int(r.get("start", 0)) for r in read_index(config.data_dir))  # type: ignore[call-overload]
+
+
+def _init_from(path: Path, config: HeadConfig, model: torch.nn.Module) -> DraftHeads:
+    """Heads of `config` starting from the trained heads in `path` (same kind, sizes and
+    target): their weights and draft vocabulary, parts they lack (context attention) new."""
+    raw = json.loads((Path(path) / CONFIG_FILE).read_text())
+    old = HeadConfig(**raw)
+    same = ("kind", "num_heads", "num_layers", "target_arch", "hidden_size", "vocab_size")
+    if any(getattr(old, k) != getattr(config, k) for k in same) or (
+        old.feature_layers != config.feature_layers
+    ):
+        raise ValueError(f"{path}: heads of another structure than this run's")
+    state = load_file(str(Path(path) / WEIGHTS_FILE))
+    config = replace(config, draft_vocab_size=old.draft_vocab_size)
+    heads = DraftHeads.create(config, model, state["draft_vocab"])
+    missing, unexpected = heads.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False
+    )
+    if unexpected or any(not k.startswith("context.") for k in missing):
+        raise ValueError(f"{path}: weights do not fit ({unexpected or missing})")
+    return heads
+
+
+def _coverage(heads: DraftHeads, tokens: torch.Tensor) -> float:
+    """Share of `tokens` inside the heads' draft vocabulary."""
+    return float((heads.target_to_draft[tokens] >= 0).float().mean()) if len(tokens) else 0.0
 
 
 def _config_json(config: TrainConfig) -> dict[str, object]:
@@ -272,14 +417,28 @@ def train_heads(config: TrainConfig) -> TrainResult:
         num_layers=config.num_layers,
         feature_layers=config.feature_layers,
         draft_vocab_size=min(config.draft_vocab_size, int(model.config.vocab_size)),
+        context_heads=config.context_heads,
+        context_head_dim=config.context_head_dim,
+        context_start=_context_start(config) if config.context_heads else 0,
     )
     vocab = build_draft_vocab(
         splits.train.token, head_config.draft_vocab_size, head_config.vocab_size, eos_ids
     )
-    heads = DraftHeads.create(head_config, model, vocab.ids)
+    if config.init_heads is not None:
+        heads = _init_from(config.init_heads, head_config, model)
+        vocab = replace(vocab, coverage=_coverage(heads, splits.train.token))
+    else:
+        heads = DraftHeads.create(head_config, model, vocab.ids)
+    head_config = heads.config
     del model
+    new_params = [p for n, p in heads.named_parameters() if n.startswith("context.")]
+    old_params = [p for n, p in heads.named_parameters() if not n.startswith("context.")]
+    scale = config.init_lr_scale if config.init_heads is not None else 1.0
+    groups = [{"params": old_params, "lr": config.lr * scale}]
+    if new_params:
+        groups.append({"params": new_params, "lr": config.lr})
     optim = torch.optim.AdamW(
-        heads.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95)
+        groups, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95)
     )
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, config))
     start_step, history, elapsed = 0, [], 0.0
@@ -299,10 +458,11 @@ def train_heads(config: TrainConfig) -> TrainResult:
     if len(eligible) == 0:
         raise ValueError(f"no training positions in {config.data_dir}")
     weights = depth_weights(heads.num_heads, config.depth_decay).to(config.device)
+    spans = sample_spans(splits.train)[1] if heads.context is not None else None
     if ckpt is None:
         history.append(evaluate(heads, splits.val, config, 0))
         log.info("untrained val %s", history[-1])
-        if config.warm_start and head_config.kind == "s4c":
+        if config.warm_start and head_config.kind == "s4c" and config.init_heads is None:
             warm_start(heads, splits.train, seed=config.seed)
             history.append(evaluate(heads, splits.val, config, 0))
             log.info("warm-started val %s", history[-1])
@@ -312,8 +472,24 @@ def train_heads(config: TrainConfig) -> TrainResult:
     bar = tqdm(total=config.steps, initial=start_step, desc=f"train {config.kind}", unit="step")
     end = config.steps if config.stop_after is None else min(config.steps, config.stop_after)
     for step in range(start_step, end):
-        idx = batch_indices(eligible, step, config)
-        batch = make_batch(splits.train, idx, heads.num_heads, config.device, config.feature_layers)
+        if spans is None:
+            idx = batch_indices(eligible, step, config)
+            batch = make_batch(
+                splits.train, idx, heads.num_heads, config.device, config.feature_layers
+            )
+        else:
+            drawn = sample_batch(
+                splits.train,
+                step_samples(spans, step, config),
+                usable,
+                heads.num_heads,
+                config.device,
+                config.feature_layers,
+            )
+            if drawn is None:  # a sample with nothing to score (too short): skip the step
+                bar.update(1)
+                continue
+            batch = drawn
         noise_gen = torch.Generator().manual_seed(config.seed * 100_003 + step)
         with torch.autocast(
             torch.device(config.device).type, dtype=torch.bfloat16, enabled=config.autocast

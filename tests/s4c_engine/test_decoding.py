@@ -7,9 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from s4c_engine import decoding
 from s4c_engine.config import SamplingParams
+from s4c_engine.context_memory import RowContext
 from s4c_engine.decoding import DecodeOutput, DecodeRequest, decode_batch
 from s4c_engine.drafting import TreeShape
+from s4c_engine.heads import Context
 from s4c_engine.stopping import StopRule
 from s4c_engine.target import Target
 from s4c_engine.tree import TreeSpec
@@ -355,3 +358,51 @@ def test_the_cache_has_slots_for_the_requests_not_for_the_batch_limit(
     outs = decode_batch(Target(model), _requests(PROMPTS[:2]), max_batch_size=64)
     assert slots == [2]
     assert len(outs) == 2
+
+
+def test_context_heads_are_exact_and_remember_every_committed_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = tiny_model("llama", seed=4)
+    target = Target(model)
+    heads = random_heads(model, "s4c", context_heads=2, context_start=2, scale=0.2)
+    plain = _ids(decode_batch(target, _requests(PROMPTS)))
+    spec = decode_batch(
+        target, _requests(PROMPTS), heads=heads, policy=DYNAMIC, adaptive=False, max_batch_size=2
+    )
+    assert _ids(spec) == plain
+    assert max(o.stats.tau for o in spec) > 1.0
+
+    # The memory a row drafts from, built step by step, holds exactly the entries of its
+    # committed positions (from context_start on) computed from one forward of the sequence.
+    seen: list[RowContext] = []
+    real = decoding.batch_context
+
+    def spy(rows: list[RowContext]) -> Context:
+        seen.append(rows[0])
+        return real(rows)
+
+    monkeypatch.setattr(decoding, "batch_context", spy)
+    prompt = PROMPTS[0]
+    out = decode_batch(target, _requests([prompt], 16), heads=heads, policy=DYNAMIC, adaptive=False)
+    assert list(out[0].token_ids) == plain[0][:16]
+    memory = seen[-1]
+    assert all(m is memory for m in seen)  # one memory per row, grown in place
+    seq = prompt + list(out[0].token_ids)
+    with torch.no_grad():
+        h = model(torch.tensor([seq]), output_hidden_states=True).hidden_states[-1][0]
+    ends = len(seq) - 1  # position len(seq) - 1 has no successor yet
+    keys, values = heads.context_entries(
+        h[2:ends], torch.tensor(seq[2:ends]), torch.tensor(seq[3 : ends + 1])
+    )
+    n = ends - 2
+    assert n <= memory.length <= n + 4  # a last step may commit a few positions past the stop
+    torch.testing.assert_close(memory.keys[:n], keys, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(memory.values[:n], values, atol=1e-4, rtol=1e-4)
+    # The context changes what the heads draft (the attention is not a no-op).
+    ctx = real([memory])
+    hidden, path = h[None, ends - 1 : ends], torch.tensor([[[seq[ends]]]])
+    empty = Context(ctx.keys[:, :0], ctx.values[:, :0], ctx.mask[:, :, :0])
+    assert not torch.allclose(
+        heads.head_logits(0, hidden, path, ctx), heads.head_logits(0, hidden, path, empty)
+    )

@@ -199,3 +199,33 @@ def test_s4c_heads_on_fused_layer_features_train_and_round_trip(
     assert loaded.config.feature_size == 64
     h = torch.randn(5, 64)
     assert loaded.head_logits(2, h, torch.randint(0, VOCAB, (5, 3))).shape == (5, 64)
+
+
+def test_context_heads_start_from_trained_heads_and_learn_from_there(
+    tiny_model_dir: Path, distilled_dir: Path, tmp_path: Path
+) -> None:
+    base = train_heads(_config(tiny_model_dir, distilled_dir, tmp_path / "base", "s4c"))
+    config = _config(
+        tiny_model_dir,
+        distilled_dir,
+        tmp_path / "ctx",
+        "s4c",
+        context_heads=2,
+        context_head_dim=8,
+        init_heads=base.heads_dir,
+        init_lr_scale=1.0,
+    )
+    result = train_heads(config)
+    start, last = result.history[0], result.evaluation
+    # Zero output projections: before training, the context changes nothing.
+    assert start.top1 == pytest.approx(base.evaluation.top1, abs=1e-6)
+    assert start.positions == base.evaluation.positions
+    assert last.loss < start.loss - 0.02
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    loaded = DraftHeads.load(result.heads_dir, model, "tiny-llama")
+    assert loaded.config.context_heads == 2 and loaded.config.context_start == HEADER
+    assert torch.equal(
+        loaded.draft_vocab, DraftHeads.load(base.heads_dir, model, "tiny-llama").draft_vocab
+    )
+    ckpt = torch.load(tmp_path / "ctx" / "checkpoint.pt", weights_only=False)
+    assert ckpt["heads"]["context.out.0.weight"].abs().sum() > 0  # the new part trained
