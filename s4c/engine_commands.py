@@ -136,7 +136,18 @@ def bench(
     help="s4c only: start from these trained heads (their weights and draft vocabulary; "
     "new parts such as context attention start as the identity).",
 )  # fmt: skip
+@click.option(
+    "--init-lr-scale", type=click.FloatRange(min=0.0), default=0.25, show_default=True,
+    help="With --init-heads: learning-rate factor of the weights taken from them "
+    "(0: they stay frozen and only the new parts train).",
+)  # fmt: skip
+@click.option(
+    "--context-samples", type=click.IntRange(min=1), default=16, show_default=True,
+    help="With --context-heads: samples per step, each scoring at most "
+    "batch-size / context-samples of its positions.",
+)  # fmt: skip
 @click.option("--steps", type=int, default=8_000, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--batch-size", type=int, default=512, show_default=True)
 @click.option(
     "--autocast/--no-autocast", default=True, show_default=True,
@@ -161,7 +172,10 @@ def train_heads(
     num_layers: int,
     context_heads: int,
     init_heads: Path | None,
+    init_lr_scale: float,
+    context_samples: int,
     steps: int,
+    warmup_steps: int,
     batch_size: int,
     autocast: bool,
     lr: float,
@@ -196,7 +210,10 @@ def train_heads(
         num_layers=num_layers,
         context_heads=context_heads,
         init_heads=init_heads,
+        init_lr_scale=init_lr_scale,
+        context_samples=context_samples,
         steps=steps,
+        warmup_steps=warmup_steps,
         batch_size=batch_size,
         autocast=autocast,
         lr=lr,

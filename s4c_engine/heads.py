@@ -158,12 +158,19 @@ class Context:
     mask: torch.Tensor
 
 
+def _unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """x scaled to unit root-mean-square over its last dim (the target's hidden states and
+    its embeddings differ ~15x in scale; each part of an entry should count)."""
+    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
+
+
 class ContextAttention(nn.Module):
     """The heads' attention over the committed context (s4c heads with `context_heads` > 0).
 
     A context position p is the entry (h_p, x_p, x_{p+1}): the target's last hidden state
     there, its input token and the token that followed (the target's own choice on answer
-    positions). One shared projection makes each entry's key and value once, when the
+    positions), each part scaled to unit RMS. One shared projection makes each entry's key and
+    value once, when the
     position is committed; head i queries with its own input (h_t and the path's tokens) and
     adds the result back through its own zero-initialised output projection, so new context
     attention leaves the heads' outputs unchanged until trained. A learned "sink" key with a
@@ -189,7 +196,8 @@ class ContextAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (..., A) of context positions: hidden (..., D) h_p; token_emb,
         next_emb (..., D) the embeddings of x_p and x_{p+1}."""
-        kv = self.kv(torch.cat([hidden, token_emb, next_emb], -1))
+        parts = [_unit_rms(hidden), _unit_rms(token_emb), _unit_rms(next_emb)]
+        kv = self.kv(torch.cat(parts, -1))
         keys, values = kv.chunk(2, dim=-1)
         return keys, values
 
@@ -203,7 +211,7 @@ class ContextAttention(nn.Module):
         mask = torch.cat(
             [context.mask.new_ones(*context.mask.shape[:2], 1), context.mask], -1
         )  # (B, M|1, 1 + L)
-        q = self.query[head](x).view(b, m, h, dk).transpose(1, 2)  # (B, H, M, dk)
+        q = self.query[head](_unit_rms(x)).view(b, m, h, dk).transpose(1, 2)  # (B, H, M, dk)
         k = keys.view(b, -1, h, dk).transpose(1, 2).to(q.dtype)
         v = values.view(b, -1, h, dk).transpose(1, 2).to(q.dtype)
         attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])

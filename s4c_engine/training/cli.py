@@ -46,6 +46,9 @@ class TrainHeadsConfig:
     num_layers: int = 2  # ResBlocks per s4c head (medusa heads keep Medusa-1's one)
     context_heads: int = 0  # s4c: attention heads over the committed context (0: none)
     init_heads: Path | None = None  # s4c: start from these trained heads (see TrainConfig)
+    init_lr_scale: float = 0.25  # lr factor of the weights from init_heads (0: frozen)
+    context_samples: int = 16  # context runs: samples per step
+    warmup_steps: int = 200
     draft_vocab_size: int = 8192
     steps: int = 8_000
     batch_size: int = 512
@@ -88,10 +91,12 @@ def cli_main(config: TrainHeadsConfig) -> list[TrainResult]:
                 num_heads=config.num_heads,
                 num_layers=config.num_layers if kind == "s4c" else 1,
                 autocast=config.autocast,
-                warmup_steps=200,
+                warmup_steps=config.warmup_steps,
                 feature_layers=config.feature_layers if kind == "s4c" else (),
                 context_heads=config.context_heads if kind == "s4c" else 0,
                 init_heads=config.init_heads if kind == "s4c" else None,
+                init_lr_scale=config.init_lr_scale,
+                context_samples=config.context_samples,
                 draft_vocab_size=config.draft_vocab_size,
                 steps=config.steps,
                 batch_size=config.batch_size,

@@ -58,6 +58,10 @@ class TrainConfig:
     # new parts (context attention) at their identity start; no least-squares warm start
     init_heads: Path | None = None
     init_lr_scale: float = 0.25  # with init_heads: lr factor of the weights taken from them
+    # (0: those weights stay frozen and only the new parts train)
+    context_samples: int = 16  # context runs: samples per step, each scoring at most
+    # batch_size // context_samples of its positions (drawn at random), so a step's
+    # positions come from many samples while each sees its whole context
     draft_vocab_size: int = 8192
     steps: int = 2000
     batch_size: int = 256  # positions per step
@@ -178,17 +182,26 @@ def sample_batch(
     device: str | torch.device = "cpu",
     layers: tuple[int, ...] = (),
     limit: int | None = None,
+    per_sample: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> Batch | None:
     """A batch of whole samples (their indices into `sample_spans`) for heads with context
     attention: every position of the samples is a context entry, the `usable` ones (N,) bool
-    (the first `limit`) are scored, each seeing its own sample up to itself. None when no
-    position is usable."""
+    are scored (the first `limit`, or at most `per_sample` of each sample drawn with
+    `generator`), each seeing its own sample up to itself. None when no position is usable."""
     starts, lengths = sample_spans(data)
-    positions = torch.cat(
-        [torch.arange(int(starts[s]), int(starts[s] + lengths[s])) for s in samples]
-    )
-    owner = torch.cat([torch.full((int(lengths[s]),), j) for j, s in enumerate(samples)])
+    spans = [torch.arange(int(starts[s]), int(starts[s] + lengths[s])) for s in samples]
+    positions = torch.cat(spans)
+    owner = torch.cat([torch.full((len(span),), j) for j, span in enumerate(spans)])
     scored = torch.nonzero(usable[positions]).squeeze(1)[:limit]
+    if per_sample is not None:
+        picks = []
+        for j in range(len(spans)):
+            mine = scored[owner[scored] == j]
+            if len(mine) > per_sample:
+                mine = mine[torch.randperm(len(mine), generator=generator)[:per_sample]].sort()[0]
+            picks.append(mine)
+        scored = torch.cat(picks)
     if len(scored) == 0:
         return None
     batch = make_batch(data, positions[scored], num_heads, device, layers)
@@ -206,19 +219,11 @@ def sample_batch(
     )
 
 
-def step_samples(lengths: torch.Tensor, step: int, config: TrainConfig) -> torch.Tensor:
-    """Samples for `step` of a context run: a permutation seeded by (seed, step), taken until
-    `batch_size` positions (at least one sample), so a resumed run draws the same."""
+def step_samples(num_samples: int, step: int, config: TrainConfig) -> torch.Tensor:
+    """Samples for `step` of a context run: `context_samples` of them, drawn with a generator
+    seeded by (seed, step), so a resumed run draws the same."""
     gen = torch.Generator().manual_seed(config.seed * 100_003 + step)
-    order = torch.randperm(len(lengths), generator=gen).tolist()
-    chosen, total = [], 0
-    for s in order:
-        n = int(lengths[s])
-        if chosen and total + n > config.batch_size:
-            break
-        chosen.append(s)
-        total += n
-    return torch.tensor(chosen, dtype=torch.long)
+    return torch.randperm(num_samples, generator=gen)[: config.context_samples]
 
 
 def head_losses(
@@ -434,7 +439,12 @@ def train_heads(config: TrainConfig) -> TrainResult:
     new_params = [p for n, p in heads.named_parameters() if n.startswith("context.")]
     old_params = [p for n, p in heads.named_parameters() if not n.startswith("context.")]
     scale = config.init_lr_scale if config.init_heads is not None else 1.0
-    groups = [{"params": old_params, "lr": config.lr * scale}]
+    groups = []
+    if scale > 0:
+        groups.append({"params": old_params, "lr": config.lr * scale})
+    else:  # the trained heads stay as they are; only the new parts learn
+        for param in old_params:
+            param.requires_grad_(False)
     if new_params:
         groups.append({"params": new_params, "lr": config.lr})
     optim = torch.optim.AdamW(
@@ -480,11 +490,13 @@ def train_heads(config: TrainConfig) -> TrainResult:
         else:
             drawn = sample_batch(
                 splits.train,
-                step_samples(spans, step, config),
+                step_samples(len(spans), step, config),
                 usable,
                 heads.num_heads,
                 config.device,
                 config.feature_layers,
+                per_sample=max(1, config.batch_size // config.context_samples),
+                generator=torch.Generator().manual_seed(config.seed * 100_019 + step),
             )
             if drawn is None:  # a sample with nothing to score (too short): skip the step
                 bar.update(1)
