@@ -129,7 +129,7 @@ def bench(
 @click.option(
     "--context-heads", type=click.IntRange(min=0), default=0, show_default=True,
     help="s4c only: attention heads over the committed context (0: none); such runs draw "
-    "whole samples, --batch-size positions per step.",
+    "--context-samples samples per step and score --batch-size of their positions.",
 )  # fmt: skip
 @click.option(
     "--init-heads", type=PathOption, default=None,

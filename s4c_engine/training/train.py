@@ -51,7 +51,7 @@ class TrainConfig:
     num_layers: int = 1
     feature_layers: tuple[int, ...] = ()  # s4c: decoder layers fused into the heads' input
     # s4c: attention heads over the committed context (0 = none; see ContextAttention); such
-    # runs draw whole samples per step (batch_size positions at most) instead of positions
+    # runs draw samples per step (context_samples) rather than single positions
     context_heads: int = 0
     context_head_dim: int = 64
     # start from these trained heads (a heads directory): their weights and draft vocabulary,
@@ -176,6 +176,7 @@ def make_batch(
 
 def sample_batch(
     data: PositionData,
+    spans: tuple[torch.Tensor, torch.Tensor],
     samples: torch.Tensor,
     usable: torch.Tensor,
     num_heads: int,
@@ -185,18 +186,19 @@ def sample_batch(
     per_sample: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Batch | None:
-    """A batch of whole samples (their indices into `sample_spans`) for heads with context
-    attention: every position of the samples is a context entry, the `usable` ones (N,) bool
-    are scored (the first `limit`, or at most `per_sample` of each sample drawn with
-    `generator`), each seeing its own sample up to itself. None when no position is usable."""
-    starts, lengths = sample_spans(data)
-    spans = [torch.arange(int(starts[s]), int(starts[s] + lengths[s])) for s in samples]
-    positions = torch.cat(spans)
-    owner = torch.cat([torch.full((len(span),), j) for j, span in enumerate(spans)])
+    """A batch of whole samples for heads with context attention: `samples` index the
+    split's `spans` (`sample_spans(data)`); every position of the samples is a context entry,
+    the `usable` ones (N,) bool are scored (the first `limit`, or at most `per_sample` of each
+    sample drawn with `generator`), each seeing its own sample up to itself. None when no
+    position is usable."""
+    starts, lengths = spans
+    ranges = [torch.arange(int(starts[s]), int(starts[s] + lengths[s])) for s in samples]
+    positions = torch.cat(ranges)
+    owner = torch.cat([torch.full((len(r),), j) for j, r in enumerate(ranges)])
     scored = torch.nonzero(usable[positions]).squeeze(1)[:limit]
     if per_sample is not None:
         picks = []
-        for j in range(len(spans)):
+        for j in range(len(ranges)):
             mine = scored[owner[scored] == j]
             if len(mine) > per_sample:
                 mine = mine[torch.randperm(len(mine), generator=generator)[:per_sample]].sort()[0]
@@ -322,7 +324,8 @@ def _validation_batches(
         return
     usable = torch.zeros(data.num_positions, dtype=torch.bool)
     usable[eligible] = True
-    _, lengths = sample_spans(data)
+    spans = sample_spans(data)
+    lengths = spans[1]
     left, group, size = len(eligible), [], 0
     for s in range(len(lengths)):
         group.append(s)
@@ -330,7 +333,7 @@ def _validation_batches(
         if size < 2048 and s + 1 < len(lengths):
             continue
         batch = sample_batch(
-            data, torch.tensor(group), usable, k, config.device, config.feature_layers, left
+            data, spans, torch.tensor(group), usable, k, config.device, config.feature_layers, left
         )
         group, size = [], 0
         if batch is not None:
@@ -468,7 +471,7 @@ def train_heads(config: TrainConfig) -> TrainResult:
     if len(eligible) == 0:
         raise ValueError(f"no training positions in {config.data_dir}")
     weights = depth_weights(heads.num_heads, config.depth_decay).to(config.device)
-    spans = sample_spans(splits.train)[1] if heads.context is not None else None
+    spans = sample_spans(splits.train) if heads.context is not None else None
     if ckpt is None:
         history.append(evaluate(heads, splits.val, config, 0))
         log.info("untrained val %s", history[-1])
@@ -490,7 +493,8 @@ def train_heads(config: TrainConfig) -> TrainResult:
         else:
             drawn = sample_batch(
                 splits.train,
-                step_samples(len(spans), step, config),
+                spans,
+                step_samples(len(spans[0]), step, config),
                 usable,
                 heads.num_heads,
                 config.device,
