@@ -85,6 +85,8 @@ def propose(
     (B, 1, L))."""
     if shape.is_plain:
         return root_only(roots)
+    if heads is not None and heads.context is not None and context is not None:
+        context = heads.context.with_sink(context)  # once per tree, shared by every depth
     if heads is None or shape.head_nodes == 1:
         tree = root_only(roots)
     elif shape.spec is not None:

@@ -151,11 +151,13 @@ class ResBlock(nn.Module):
 class Context:
     """What the heads attend over, for B rows: keys and values (B, L, A) of L context
     positions (see `ContextAttention.entries`) and mask (B, M or 1, L) bool, True where query
-    m of row b may see position l (padding and, in training, later positions are False)."""
+    m of row b may see position l (padding and, in training, later positions are False).
+    `with_sink` is True once `ContextAttention.with_sink` has put the sink entry first."""
 
     keys: torch.Tensor
     values: torch.Tensor
     mask: torch.Tensor
+    with_sink: bool = False
 
 
 def _unit_rms(x: torch.Tensor) -> torch.Tensor:
@@ -201,20 +203,30 @@ class ContextAttention(nn.Module):
         keys, values = kv.chunk(2, dim=-1)
         return keys, values
 
+    def with_sink(self, context: Context) -> Context:
+        """`context` with the sink entry first (a copy of the keys and values): done once per
+        drafted tree or training batch, not once per head and depth."""
+        if context.with_sink:
+            return context
+        b = context.keys.shape[0]
+        sink = self.sink.to(context.keys.dtype).expand(b, 1, -1)
+        return Context(
+            torch.cat([sink, context.keys], 1),
+            torch.cat([torch.zeros_like(sink), context.values], 1),
+            torch.cat([context.mask.new_ones(*context.mask.shape[:2], 1), context.mask], -1),
+            with_sink=True,
+        )
+
     def forward(self, head: int, x: torch.Tensor, context: Context) -> torch.Tensor:
         """x (B, M, D) head `head`'s input for M queries per row -> (B, M, D) to add to x."""
         b, m, _ = x.shape
         h, dk = self.attn_heads, self.head_dim
-        sink = self.sink.to(context.keys.dtype).expand(b, 1, -1)
-        keys = torch.cat([sink, context.keys], 1)
-        values = torch.cat([torch.zeros_like(sink), context.values], 1)
-        mask = torch.cat(
-            [context.mask.new_ones(*context.mask.shape[:2], 1), context.mask], -1
-        )  # (B, M|1, 1 + L)
+        context = self.with_sink(context)  # no copy when the caller added it already
         q = self.query[head](_unit_rms(x)).view(b, m, h, dk).transpose(1, 2)  # (B, H, M, dk)
-        k = keys.view(b, -1, h, dk).transpose(1, 2).to(q.dtype)
-        v = values.view(b, -1, h, dk).transpose(1, 2).to(q.dtype)
-        attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        k = context.keys.view(b, -1, h, dk).transpose(1, 2).to(q.dtype)
+        v = context.values.view(b, -1, h, dk).transpose(1, 2).to(q.dtype)
+        mask = context.mask[:, None]  # (B, 1, M|1, 1 + L)
+        attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out[head](attended.transpose(1, 2).reshape(b, m, h * dk))
 
 
@@ -397,7 +409,7 @@ class DraftHeads(nn.Module):
         if self.context is not None:  # position t sees the entries of positions <= t
             keys, values = self.context_entries(hidden, input_ids, shifted[..., 0])
             causal = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
-            context = Context(keys, values, causal.expand(b, t, t))
+            context = self.context.with_sink(Context(keys, values, causal.expand(b, t, t)))
         out = [
             self.head_logits(
                 i, hidden, shifted[..., : i + 1] if self.config.kind == "s4c" else None, context

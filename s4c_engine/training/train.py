@@ -252,7 +252,9 @@ def head_losses(
             batch.context_tokens,
             batch.context_next,  # type: ignore[arg-type]
         )
-        context = Context(keys[None], values[None], batch.context_mask[None])
+        context = heads.context.with_sink(
+            Context(keys[None], values[None], batch.context_mask[None])
+        )
     ces, feats, preds = [], [], []
     for i in range(heads.num_heads):
         path = batch.path[:, : i + 1] if heads.config.kind == "s4c" else None

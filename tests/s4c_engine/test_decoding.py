@@ -406,3 +406,9 @@ def test_context_heads_are_exact_and_remember_every_committed_position(
     assert not torch.allclose(
         heads.head_logits(0, hidden, path, ctx), heads.head_logits(0, hidden, path, empty)
     )
+    # The sink is added once per tree (drafting) and the heads then use the context as is.
+    once = heads.context.with_sink(ctx)  # type: ignore[union-attr]
+    assert heads.context.with_sink(once) is once  # type: ignore[union-attr]
+    torch.testing.assert_close(
+        heads.head_logits(0, hidden, path, once), heads.head_logits(0, hidden, path, ctx)
+    )
