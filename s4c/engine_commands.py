@@ -138,8 +138,8 @@ def bench(
 )  # fmt: skip
 @click.option(
     "--init-lr-scale", type=click.FloatRange(min=0.0), default=0.25, show_default=True,
-    help="With --init-heads: learning-rate factor of the weights taken from them "
-    "(0: they stay frozen and only the new parts train).",
+    help="With --init-heads: learning-rate factor of the heads' own weights taken from "
+    "them (0: frozen); the context attention, new or taken from them, trains at --lr.",
 )  # fmt: skip
 @click.option(
     "--context-samples", type=click.IntRange(min=1), default=16, show_default=True,

@@ -46,7 +46,7 @@ class TrainHeadsConfig:
     num_layers: int = 2  # ResBlocks per s4c head (medusa heads keep Medusa-1's one)
     context_heads: int = 0  # s4c: attention heads over the committed context (0: none)
     init_heads: Path | None = None  # s4c: start from these trained heads (see TrainConfig)
-    init_lr_scale: float = 0.25  # lr factor of the weights from init_heads (0: frozen)
+    init_lr_scale: float = 0.25  # lr factor of init_heads' own weights (0: frozen)
     context_samples: int = 16  # context runs: samples per step
     warmup_steps: int = 200
     draft_vocab_size: int = 8192

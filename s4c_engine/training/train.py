@@ -57,8 +57,10 @@ class TrainConfig:
     # start from these trained heads (a heads directory): their weights and draft vocabulary,
     # new parts (context attention) at their identity start; no least-squares warm start
     init_heads: Path | None = None
-    init_lr_scale: float = 0.25  # with init_heads: lr factor of the weights taken from them
-    # (0: those weights stay frozen and only the new parts train)
+    # with init_heads: lr factor of the heads' own weights taken from them (input projections,
+    # ResBlocks); the context attention, new or taken from them, trains at lr (0: the heads'
+    # own weights stay frozen and only the context attention trains)
+    init_lr_scale: float = 0.25
     context_samples: int = 16  # context runs: samples per step, each scoring at most
     # batch_size // context_samples of its positions (drawn at random), so a step's
     # positions come from many samples while each sees its whole context

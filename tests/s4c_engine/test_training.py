@@ -229,3 +229,35 @@ def test_context_heads_start_from_trained_heads_and_learn_from_there(
     )
     ckpt = torch.load(tmp_path / "ctx" / "checkpoint.pt", weights_only=False)
     assert ckpt["heads"]["context.out.0.weight"].abs().sum() > 0  # the new part trained
+
+
+def test_trained_context_heads_train_further_with_their_own_weights_frozen(
+    tiny_model_dir: Path, distilled_dir: Path, tmp_path: Path
+) -> None:
+    """A later stage from heads that already attend over the context: their context
+    attention is taken over and keeps training at lr; init_lr_scale 0 freezes the rest."""
+    ctx = {"context_heads": 2, "context_head_dim": 8}
+    first = train_heads(_config(tiny_model_dir, distilled_dir, tmp_path / "one", "s4c", **ctx))
+    config = _config(
+        tiny_model_dir,
+        distilled_dir,
+        tmp_path / "two",
+        "s4c",
+        init_heads=first.heads_dir,
+        init_lr_scale=0.0,
+        **ctx,
+    )
+    result = train_heads(config)
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    before = DraftHeads.load(first.heads_dir, model, "tiny-llama").state_dict()
+    after = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)["heads"]
+    assert after["context.out.0.weight"].abs().sum() > 0
+    for name, tensor in before.items():
+        if name.startswith("context."):
+            assert not torch.equal(after[name], tensor.float()), f"{name} did not train"
+        else:
+            expected = tensor.float() if tensor.is_floating_point() else tensor
+            assert torch.equal(after[name], expected), f"{name} moved while frozen"
+    # Taken over, not reset: the run starts where the first one's (fp16-saved) heads ended.
+    assert result.history[0].loss == pytest.approx(first.evaluation.loss, rel=0.02)
+    assert result.history[0].loss < first.history[0].loss - 0.05
