@@ -251,7 +251,7 @@ def test_trained_context_heads_train_further_with_their_own_weights_frozen(
     model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     before = DraftHeads.load(first.heads_dir, model, "tiny-llama").state_dict()
     after = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)["heads"]
-    assert after["context.out.0.weight"].abs().sum() > 0
+    assert any(name.startswith("context.") for name in before)
     for name, tensor in before.items():
         if name.startswith("context."):
             assert not torch.equal(after[name], tensor.float()), f"{name} did not train"
