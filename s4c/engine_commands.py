@@ -41,7 +41,8 @@ PathOption = click.Path(path_type=Path)
 @click.option(
     "--methods", default="hf,hf-pld,ar,medusa,s4c", show_default=True,
     help="Comma-separated, from hf, hf-pld, ar, medusa, s4c and the s4c ablations "
-    "s4c-heads (its heads without context lookup) and lookup (context lookup alone).",
+    "s4c-heads (its heads without lookup chains), lookup (lookup chains alone: context, else "
+    "answer datastore) and s4c-no-store (s4c without the answer datastore).",
 )  # fmt: skip
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--batch-sizes", default="1", show_default=True, help="Comma-separated.")
@@ -49,6 +50,10 @@ PathOption = click.Path(path_type=Path)
 @click.option("--json", "json_out", type=PathOption, default=None, help="Per-prompt records.")
 @click.option("--s4c-heads", type=PathOption, default=None)
 @click.option("--medusa-heads", type=PathOption, default=None)
+@click.option(
+    "--datastore", type=PathOption, default=None,
+    help="s4c's answer datastore directory (default: the one shipped for the model, if any).",
+)  # fmt: skip
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads.")
@@ -64,6 +69,7 @@ def bench(
     json_out: Path | None,
     s4c_heads: Path | None,
     medusa_heads: Path | None,
+    datastore: Path | None,
     device: str,
     dtype: str,
     threads: int | None,
@@ -84,6 +90,7 @@ def bench(
             json_out=json_out,
             s4c_heads=s4c_heads,
             medusa_heads=medusa_heads,
+            datastore=datastore,
             device=device,
             dtype=dtype,
             threads=threads,

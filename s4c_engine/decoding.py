@@ -43,6 +43,7 @@ import torch
 from s4c_engine.attention import build_step_mask, causal_block, right_pad
 from s4c_engine.config import FinishReason, RequestStats, SamplingParams
 from s4c_engine.context_memory import RowContext, batch_context
+from s4c_engine.datastore import AnswerDatastore
 from s4c_engine.drafting import TreeShape, propose
 from s4c_engine.heads import DraftHeads
 from s4c_engine.kv_cache import RowKVCache, fill_holes
@@ -110,12 +111,16 @@ class _Row:
     lookup: NgramLookup | None = None  # built at the first step that drafts from context
     context: RowContext | None = None  # heads with context attention: this row's entries
 
-    def lookup_chain(self, length: int) -> list[int]:
-        """The context-lookup draft after this row's root (the last token it committed)."""
+    def lookup_chain(self, length: int, datastore: AnswerDatastore | None = None) -> list[int]:
+        """The lookup draft after this row's root (the last token it committed): from the
+        row's own context, else (no earlier occurrence) from the answer datastore."""
         if self.lookup is None:
             self.lookup = NgramLookup(self.request.prompt_ids)
         self.lookup.extend(self.tokens[len(self.lookup) - len(self.request.prompt_ids) :])
-        return self.lookup.propose(length)
+        chain = self.lookup.propose(length)
+        if not chain and datastore is not None:
+            chain = datastore.propose(self.lookup.tokens, length)
+        return chain
 
     def record_walk(self, has_children: list[bool], accepted: int) -> None:
         """Depth d+1 was attempted if the walk reached depth d and the tree went deeper."""
@@ -150,6 +155,7 @@ def decode_batch(
     max_batch_size: int | None = None,
     adaptive: bool = True,
     observer: PositionObserver | None = None,
+    datastore: AnswerDatastore | None = None,
 ) -> list[DecodeOutput]:
     """Generate for all requests; outputs in request order.
 
@@ -158,7 +164,8 @@ def decode_batch(
     heads=None or the plain policy this is plain autoregressive decoding; `adaptive` lets a
     TreeTuner pick smaller trees or plain steps where they give more tokens/s. Greedy
     output is identical either way; sampled output has the same distribution. `observer`
-    sees the target's features at every committed position.
+    sees the target's features at every committed position. `datastore`: lookup chains from
+    the target's own earlier answers where the row's context has none (policies with lookup).
     """
     rows = [_Row(r, PositionUniforms.for_params(r.params)) for r in requests]
     layers = heads.config.feature_layers if heads is not None else ()
@@ -193,7 +200,7 @@ def decode_batch(
             else:
                 shape = tuner.choose(size) if adaptive else policy.shape_for(size)
             started = time.perf_counter()
-            acceptance = _step(target, batch, heads, shape, static, rows, observer)
+            acceptance = _step(target, batch, heads, shape, static, rows, observer, datastore)
             for j, i in enumerate(batch.live):
                 row = rows[i]
                 row.record_walk(acceptance.has_children[j], acceptance.accepted[j])
@@ -346,12 +353,13 @@ def _step(
     static: dict[TreeShape, StaticTree],
     rows: list[_Row],
     observer: PositionObserver | None = None,
+    datastore: AnswerDatastore | None = None,
 ) -> Acceptance:
     """One propose -> verify -> accept -> commit_path round for the live rows."""
     assert batch.cache is not None and batch.hidden is not None and batch.roots is not None
     t0 = time.perf_counter()
     live_rows = [rows[i] for i in batch.live]
-    chains = [r.lookup_chain(shape.lookup) for r in live_rows] if shape.lookup else None
+    chains = [r.lookup_chain(shape.lookup, datastore) for r in live_rows] if shape.lookup else None
     uses_context = heads is not None and heads.context is not None
     context = None
     if uses_context and not shape.is_plain:

@@ -20,6 +20,8 @@ from s4c_engine.config import (
     Prompt,
     SamplingParams,
 )
+from s4c_engine.datastore import CONFIG_FILE as DATASTORE_CONFIG
+from s4c_engine.datastore import AnswerDatastore
 from s4c_engine.decoding import DecodeOutput, DecodeRequest, decode_batch
 from s4c_engine.errors import PromptError
 from s4c_engine.heads import DraftHeads
@@ -36,6 +38,11 @@ HEADS_DATA = Path(__file__).parent / "heads_data"
 def shipped_heads_path(model_name: str, kind: str) -> Path:
     """Where heads shipped with the package live: heads_data/<model name>/<kind>/."""
     return HEADS_DATA / model_name / kind
+
+
+def shipped_datastore_path(model_name: str) -> Path:
+    """Where the answer datastore shipped for a model lives: heads_data/<model>/datastore/."""
+    return HEADS_DATA / model_name / "datastore"
 
 
 def _draft_with_narrow_kernels(heads: DraftHeads) -> None:
@@ -68,6 +75,7 @@ class Engine:
         heads: DraftHeads | None,
         policy: TreePolicy,
         max_batch_size: int,
+        datastore: AnswerDatastore | None = None,
     ) -> None:
         self.target = target
         self.codec = codec
@@ -75,6 +83,7 @@ class Engine:
         self.heads = heads
         self.policy = policy
         self.max_batch_size = max_batch_size
+        self.datastore = datastore
 
     @classmethod
     def load(
@@ -89,6 +98,8 @@ class Engine:
         policy: TreePolicy | None = None,
         narrow_kernels: bool | None = None,
         draft_dtype: str | None = None,
+        datastore_path: Path | None = None,
+        use_datastore: bool = True,
     ) -> Engine:
         """Load a HF causal-LM directory; heads from heads_path, else the shipped ones for
         `method`, else plain decoding (logged). HeadsMismatchError for heads of another model.
@@ -96,6 +107,9 @@ class Engine:
         narrow_kernels: few-row products (tree verification, small batches) through
         `narrow_linear` (default: on the CPU in fp32). draft_dtype: the heads' dtype
         (default the target's); drafting is lossless whatever its precision.
+        datastore_path: the answer datastore for lookup chains where a row's context has none
+        (default: the one shipped for the model, if any; policies with lookup only);
+        use_datastore=False leaves it out.
         """
         model_dir = Path(model_dir)
         info = read_model_info(model_dir, model_dir.name)
@@ -117,7 +131,16 @@ class Engine:
             policy = GPU_POLICY if torch.device(device).type == "cuda" else CPU_POLICY
             if method == "medusa":  # the Medusa-1 baseline drafts from its heads alone
                 policy = policy.without_lookup()
-        return cls(target, PromptCodec.load(model_dir), info, heads, policy, max_batch_size)
+        datastore = None
+        if use_datastore and method != "ar" and policy.uses_lookup:
+            path = datastore_path or shipped_datastore_path(info.name)
+            if (Path(path) / DATASTORE_CONFIG).is_file():
+                datastore = AnswerDatastore.load(Path(path), info.name, info.vocab_size)
+            elif datastore_path is not None:
+                raise FileNotFoundError(f"no answer datastore at {datastore_path}")
+        return cls(
+            target, PromptCodec.load(model_dir), info, heads, policy, max_batch_size, datastore
+        )
 
     @property
     def method(self) -> str:
@@ -156,6 +179,7 @@ class Engine:
             decode=self.codec.decode,
             should_stop=should_stop,
             max_batch_size=self.max_batch_size,
+            datastore=self.datastore if speculative else None,
         )
         outputs = dict(zip(order, results))
         return [self._result(outputs[i], params[i]) for i in range(len(requests))]

@@ -40,9 +40,10 @@ from s4c_engine.config import ChatMessage
 log = logging.getLogger(__name__)
 
 ALL_METHODS = ("hf", "hf-pld", "ar", "medusa", "s4c")
-# Ablations of s4c (not run by default): its heads without context lookup, and context
-# lookup without heads, each with the same tree budgets as s4c.
-ABLATIONS = ("s4c-heads", "lookup")
+# Ablations of s4c (not run by default): its heads without lookup chains; lookup chains
+# (context, else answer datastore) without heads; s4c without the answer datastore (context
+# lookup only); each with the same tree budgets as s4c.
+ABLATIONS = ("s4c-heads", "lookup", "s4c-no-store")
 ENGINE_METHODS = ("ar", "medusa", "s4c", *ABLATIONS)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +67,7 @@ class BenchConfig:
     json_out: Path | None = None
     s4c_heads: Path | None = None  # None: the heads shipped for the model
     medusa_heads: Path | None = None
+    datastore: Path | None = None  # s4c's answer datastore; None: the one shipped, if any
     device: str = "cpu"
     dtype: str = "float32"
     threads: int | None = None
@@ -134,17 +136,28 @@ def load_methods(config: BenchConfig, methods: Sequence[str]) -> Loaded:
                 device=config.device,
                 dtype=config.dtype,
                 max_batch_size=64,
+                datastore_path=config.datastore if method == "s4c" else None,
             )
 
         engines: dict[str, Any] = {}
         if any(x in wanted for x in ("s4c", *ABLATIONS)):
             engines["s4c"] = load("s4c", config.s4c_heads)
-        for name, variant in (("s4c-heads", "without_lookup"), ("lookup", "lookup_only")):
+        for name, variant in (
+            ("s4c-heads", "without_lookup"),
+            ("lookup", "lookup_only"),
+            ("s4c-no-store", None),
+        ):
             if name in wanted:
                 base = engines["s4c"]
-                policy = getattr(base.policy, variant)()
+                policy = getattr(base.policy, variant)() if variant else base.policy
                 engines[name] = Engine(
-                    base.target, base.codec, base.info, base.heads, policy, base.max_batch_size
+                    base.target,
+                    base.codec,
+                    base.info,
+                    base.heads,
+                    policy,
+                    base.max_batch_size,
+                    None if name == "s4c-no-store" else base.datastore,
                 )
         if "medusa" in wanted:
             engines["medusa"] = load("medusa", config.medusa_heads)
