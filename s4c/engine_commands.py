@@ -161,6 +161,11 @@ def bench(
     help="bf16 matmuls while training (weights, optimizer and evaluation stay fp32).",
 )  # fmt: skip
 @click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option(
+    "--datastore/--no-datastore", default=True, show_default=True,
+    help="Also build the answer datastore from the distilled answers (work-dir/datastore, "
+    "and out-dir/datastore): s4c's second lookup chain, no training involved.",
+)  # fmt: skip
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads.")
 def train_heads(
@@ -186,6 +191,7 @@ def train_heads(
     batch_size: int,
     autocast: bool,
     lr: float,
+    datastore: bool,
     device: str,
     threads: int | None,
 ) -> None:
@@ -224,6 +230,7 @@ def train_heads(
         batch_size=batch_size,
         autocast=autocast,
         lr=lr,
+        datastore=datastore,
         device=device,
         threads=threads,
     )

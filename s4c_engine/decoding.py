@@ -111,16 +111,17 @@ class _Row:
     lookup: NgramLookup | None = None  # built at the first step that drafts from context
     context: RowContext | None = None  # heads with context attention: this row's entries
 
-    def lookup_chain(self, length: int, datastore: AnswerDatastore | None = None) -> list[int]:
-        """The lookup draft after this row's root (the last token it committed): from the
-        row's own context, else (no earlier occurrence) from the answer datastore."""
+    def lookup_chain(self, length: int) -> list[int]:
+        """The context-lookup draft after this row's root (the last token it committed)."""
         if self.lookup is None:
             self.lookup = NgramLookup(self.request.prompt_ids)
         self.lookup.extend(self.tokens[len(self.lookup) - len(self.request.prompt_ids) :])
-        chain = self.lookup.propose(length)
-        if not chain and datastore is not None:
-            chain = datastore.propose(self.lookup.tokens, length)
-        return chain
+        return self.lookup.propose(length)
+
+    def datastore_chain(self, length: int, datastore: AnswerDatastore) -> list[int]:
+        """The answer datastore's draft after this row's root (after `lookup_chain`)."""
+        assert self.lookup is not None, "lookup_chain first: it brings the row up to date"
+        return datastore.propose(self.lookup.tokens, length)
 
     def record_walk(self, has_children: list[bool], accepted: int) -> None:
         """Depth d+1 was attempted if the walk reached depth d and the tree went deeper."""
@@ -164,8 +165,8 @@ def decode_batch(
     heads=None or the plain policy this is plain autoregressive decoding; `adaptive` lets a
     TreeTuner pick smaller trees or plain steps where they give more tokens/s. Greedy
     output is identical either way; sampled output has the same distribution. `observer`
-    sees the target's features at every committed position. `datastore`: lookup chains from
-    the target's own earlier answers where the row's context has none (policies with lookup).
+    sees the target's features at every committed position. `datastore` (policies with
+    lookup): a second lookup chain per row, from the target's own earlier answers.
     """
     rows = [_Row(r, PositionUniforms.for_params(r.params)) for r in requests]
     layers = heads.config.feature_layers if heads is not None else ()
@@ -359,14 +360,20 @@ def _step(
     assert batch.cache is not None and batch.hidden is not None and batch.roots is not None
     t0 = time.perf_counter()
     live_rows = [rows[i] for i in batch.live]
-    chains = [r.lookup_chain(shape.lookup, datastore) for r in live_rows] if shape.lookup else None
+    chains = second = None
+    if shape.lookup:
+        chains = [r.lookup_chain(shape.lookup) for r in live_rows]
+        if datastore is not None:
+            second = [r.datastore_chain(shape.lookup, datastore) for r in live_rows]
     uses_context = heads is not None and heads.context is not None
     context = None
     if uses_context and not shape.is_plain:
         memories = [r.context for r in live_rows]
         assert all(m is not None for m in memories), "every row is prefilled with its memory"
         context = batch_context(memories)  # type: ignore[arg-type]
-    tree = propose(heads, batch.hidden, batch.roots, shape, static.get(shape), chains, context)
+    tree = propose(
+        heads, batch.hidden, batch.roots, shape, static.get(shape), chains, context, second
+    )
     t1 = time.perf_counter()
     out = verify(target, batch.cache, tree)
     acceptance = accept(

@@ -78,11 +78,13 @@ def propose(
     static: StaticTree | None = None,
     chains: list[list[int]] | None = None,
     context: Context | None = None,
+    second_chains: list[list[int]] | None = None,
 ) -> TreeBuffers:
     """Draft one tree per row. hidden: (B, F) features of the last committed token; roots:
     (B,); chains: per row the context-lookup continuation after its root (used up to
     `shape.lookup` tokens); context: what heads with context attention attend over (mask
-    (B, 1, L))."""
+    (B, 1, L)); second_chains: per row another continuation (the answer datastore's),
+    grafted beside `chains` where it adds tokens (`graft_branches`)."""
     if shape.is_plain:
         return root_only(roots)
     if heads is not None and heads.context is not None and context is not None:
@@ -95,12 +97,18 @@ def propose(
     else:
         tree = _propose_dynamic(heads, hidden, roots, shape, context)
     if shape.lookup and chains is not None:
-        tree = graft_chains(tree, [c[: shape.lookup] for c in chains])
+        if second_chains is not None:
+            tree = graft_branches(tree, chains, second_chains, shape.lookup)
+        else:
+            tree = graft_chains(tree, [c[: shape.lookup] for c in chains])
     return tree
 
 
-def graft_chains(tree: TreeBuffers, chains: list[list[int]]) -> TreeBuffers:
-    """Append one chain per row under its root, as nodes N .. N+L-1 (L = longest chain).
+def graft_chains(
+    tree: TreeBuffers, chains: list[list[int]], attach: list[int] | None = None
+) -> TreeBuffers:
+    """Append one chain per row, as nodes N .. N+L-1 (L = longest chain), hanging under node
+    attach[r] of row r (default: the root).
 
     Shorter chains are padded by repeating their last token (the root's for an empty chain):
     a padded node is just one more draft, accepted only where the target agrees, so padding
@@ -112,20 +120,45 @@ def graft_chains(tree: TreeBuffers, chains: list[list[int]]) -> TreeBuffers:
         return tree
     b, n = tree.tokens.shape
     device = tree.tokens.device
+    at = [0] * b if attach is None else [a if c else 0 for a, c in zip(attach, chains)]
     roots = tree.tokens[:, 0].tolist()
     rows = [c + [c[-1] if c else roots[r]] * (length - len(c)) for r, c in enumerate(chains)]
     extra = torch.tensor(rows, dtype=torch.long, device=device)  # (B, L)
-    parents = torch.tensor([0, *range(n, n + length - 1)], dtype=torch.long, device=device)
-    depths = torch.arange(1, length + 1, dtype=torch.long, device=device)
-    all_parents = torch.cat([tree.parents, parents.expand(b, -1)], 1)
-    all_depths = torch.cat([tree.depths, depths.expand(b, -1)], 1)
-    max_depth = max(int(tree.depths.max()), length)
+    anchor = torch.tensor(at, dtype=torch.long, device=device)  # (B,)
+    parents = torch.arange(n - 1, n + length - 1, dtype=torch.long, device=device).expand(b, -1)
+    parents = torch.cat([anchor[:, None], parents[:, 1:]], 1)
+    base = torch.gather(tree.depths, 1, anchor[:, None])  # (B, 1)
+    depths = base + torch.arange(1, length + 1, dtype=torch.long, device=device)
+    all_parents = torch.cat([tree.parents, parents], 1)
+    all_depths = torch.cat([tree.depths, depths], 1)
+    max_depth = int(all_depths.max())
     return TreeBuffers(
         torch.cat([tree.tokens, extra], 1),
         all_parents,
         all_depths,
         ancestor_mask(all_parents, all_depths, max_depth),
     )
+
+
+def graft_branches(
+    tree: TreeBuffers, first: list[list[int]], second: list[list[int]], length: int
+) -> TreeBuffers:
+    """Graft two lookup chains per row (each cut to `length`): `first` under the root, then
+    what `second` adds: where it starts like `first`, only its divergent rest, hung under the
+    last shared node, so no token is drafted twice."""
+    first = [c[:length] for c in first]
+    tree_n = tree.tokens.shape[1]
+    tree = graft_chains(tree, first)
+    width = tree.tokens.shape[1] - tree_n  # the first graft's padded length
+    rests, attach = [], []
+    for a, c in zip(first, second):
+        c = c[:length]
+        shared = 0
+        while shared < min(len(a), len(c)) and a[shared] == c[shared]:
+            shared += 1
+        rests.append(c[shared:])
+        attach.append(tree_n + shared - 1 if shared and width else 0)
+    return graft_chains(tree, rests, attach)
 
 
 def _head_log_probs(

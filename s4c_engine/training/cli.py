@@ -1,4 +1,5 @@
-"""`s4c train-heads`: distil (resumable), then train each head kind, then export the heads.
+"""`s4c train-heads`: distil (resumable), train each head kind, export the heads, build the
+answer datastore.
 
 `cli_main(TrainHeadsConfig)` is the whole recipe as one call; the s4c CLI only maps options
 onto the config. Every stage resumes: rerunning the same command continues where it stopped.
@@ -6,12 +7,17 @@ onto the config. Every stage resumes: rerunning the same command continues where
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from s4c_engine.datastore import CONFIG_FILE as DATASTORE_CONFIG
+from s4c_engine.datastore import TABLES_FILE
 from s4c_engine.heads import CONFIG_FILE, WEIGHTS_FILE, HeadKind
+from s4c_engine.training.datastore_build import REPORT_FILE as DATASTORE_REPORT
+from s4c_engine.training.datastore_build import build_datastore, format_report
 from s4c_engine.training.distill import DistillConfig, run_distill
 from s4c_engine.training.train import REPORT_FILE, TrainConfig, TrainResult, train_heads
 
@@ -54,6 +60,7 @@ class TrainHeadsConfig:
     batch_size: int = 512
     lr: float = 1e-3
     autocast: bool = True  # bf16 matmuls while training (fp32 weights and evaluation)
+    datastore: bool = True  # also build the answer datastore from the distilled answers
     save_dtype: str = "float16"
     seed: int = 0
     threads: int | None = None
@@ -61,7 +68,8 @@ class TrainHeadsConfig:
 
 
 def cli_main(config: TrainHeadsConfig) -> list[TrainResult]:
-    """Distil, train every kind, copy the heads to out_dir; returns one result per kind."""
+    """Distil, train every kind, copy the heads to out_dir, build the answer datastore;
+    returns one result per kind."""
     data_dir = config.work_dir / "distill"
     if not config.skip_distill:
         run_distill(
@@ -116,4 +124,25 @@ def cli_main(config: TrainHeadsConfig) -> list[TrainResult]:
             # The run's full report (config, validation history) ships beside the heads.
             shutil.copyfile(result.heads_dir.parent / REPORT_FILE, dest / "training_report.json")
             log.info("%s heads written to %s", kind, dest)
+    if config.datastore:
+        _build_datastore(config, data_dir)
     return results
+
+
+def _build_datastore(config: TrainHeadsConfig, data_dir: Path) -> None:
+    """The answer datastore from the distilled answers (same validation split as the heads),
+    into work_dir/datastore and, with out_dir, out_dir/datastore; logs the replay report."""
+    model_config = json.loads((config.model_dir / "config.json").read_text())
+    built = config.work_dir / "datastore"
+    report = build_datastore(
+        [data_dir],
+        built,
+        target_name=config.model_dir.name,
+        vocab_size=int(model_config["vocab_size"]),
+    )
+    log.info("answer datastore built in %s\n%s", built, format_report(report))
+    if config.out_dir is not None:
+        dest = config.out_dir / "datastore"
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in (DATASTORE_CONFIG, TABLES_FILE, DATASTORE_REPORT):
+            shutil.copyfile(built / name, dest / name)

@@ -11,9 +11,9 @@ verification accepts the longest agreeing prefix):
 - `context`: the request's own n-gram lookup (`NgramLookup`, what the engine does without
   a datastore);
 - `datastore`: the datastore alone;
-- `context+datastore`: the engine's rule (the context chain when the context has one, else
-  the datastore's);
-- `best of both`: an oracle bound, what two separate chains could give.
+- `context, else datastore`: one chain, the datastore's only where the context has none;
+- `both`: the engine's rule, both chains grafted, the datastore's only where it departs
+  from the context's (`drafting.graft_branches`): the better of the two is accepted.
 
 `python -m s4c_engine.training.datastore_build --data-dir DIR [--data-dir DIR ...]
 --model-dir MODEL --out-dir OUT` (see --help).
@@ -83,7 +83,7 @@ def replay(
     store: AnswerDatastore, pairs: Sequence[tuple[list[int], list[int]]], chain: int
 ) -> list[SourceScore]:
     """Score the draft sources (see the module docstring) over every answer position."""
-    names = ("context", "datastore", "context+datastore", "best of both")
+    names = ("context", "datastore", "context, else datastore", "both")
     hits = dict.fromkeys(names, 0)
     sizes = dict.fromkeys(names, 0)
     gained = dict.fromkeys(names, 0)
@@ -96,14 +96,14 @@ def replay(
             actual = answer[i + 1 : i + 1 + chain]
             ctx = look.propose(chain)
             ds = store.propose(look.tokens, chain)
-            both = ctx or ds
+            either = ctx or ds
             scores = {
                 "context": (ctx, accepted_prefix(ctx, actual)),
                 "datastore": (ds, accepted_prefix(ds, actual)),
-                "context+datastore": (both, accepted_prefix(both, actual)),
+                "context, else datastore": (either, accepted_prefix(either, actual)),
             }
             best = max(scores["context"][1], scores["datastore"][1])
-            scores["best of both"] = (ctx + ds, best)
+            scores["both"] = (ctx + ds[accepted_prefix(ds, ctx) :], best)
             for name, (drafted, good) in scores.items():
                 hits[name] += bool(drafted)
                 sizes[name] += len(drafted)

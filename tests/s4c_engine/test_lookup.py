@@ -113,3 +113,23 @@ def test_tuner_bound_of_a_lookup_only_tree_counts_the_chain_not_the_heads_depth(
     tuner = TreeTuner(TreePolicy(((8, shape),)))
     tuner.record(1, shape, 1.0, 0.5)
     assert tuner._bound(1, shape) == 3 / 0.5  # at most root + 2 lookup tokens per step
+
+
+def test_second_chain_grafts_only_what_it_adds_under_the_last_shared_node() -> None:
+    from s4c_engine.drafting import graft_branches
+
+    tree = root_only(torch.tensor([10, 20, 30]))
+    # Row 0: the second chain shares 11, 12 then departs: 14 hangs under node 2 (the 12).
+    # Row 1: no context chain, the second chain hangs under the root.
+    # Row 2: the second chain repeats the first: nothing added (padding under the root).
+    out = graft_branches(tree, [[11, 12, 13], [], [31, 32]], [[11, 12, 14, 15], [21], [31]], 6)
+    assert out.tokens[0].tolist() == [10, 11, 12, 13, 14, 15]
+    assert out.parents[0].tolist() == [0, 0, 1, 2, 2, 4]
+    assert out.depths[0].tolist() == [0, 1, 2, 3, 3, 4]
+    assert out.ancestors[0, 5].tolist() == [True, True, True, False, True, True]
+    assert out.tokens[1].tolist() == [20, 20, 20, 20, 21, 21]
+    assert out.parents[1, 4:].tolist() == [0, 4] and out.depths[1, 4:].tolist() == [1, 2]
+    assert out.tokens[2, 4:].tolist() == [30, 30] and out.parents[2, 4].item() == 0
+    # Chains are cut to the tree's lookup length first.
+    cut = graft_branches(tree, [[11, 12, 13], [], []], [[11, 19], [], []], 2)
+    assert cut.tokens[0].tolist() == [10, 11, 12, 19] and cut.parents[0].tolist() == [0, 0, 1, 1]

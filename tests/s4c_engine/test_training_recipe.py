@@ -1,4 +1,5 @@
-"""`s4c train-heads` end to end on a tiny model: distil, train both kinds, export, resume."""
+"""`s4c train-heads` end to end on a tiny model: distil, train both kinds, export, resume,
+build the answer datastore."""
 
 from __future__ import annotations
 
@@ -52,3 +53,16 @@ def test_recipe_exports_heads_the_engine_loads_and_reruns_resume(tmp_path: Path)
         spec = engine.generate(prompt, params)[0]
         plain = engine.generate(prompt, params, method="ar")[0]
         assert spec.token_ids == plain.token_ids
+
+    # The answer datastore was built from the same answers and exported beside the heads.
+    report = json.loads((tmp_path / "heads" / "datastore" / "datastore_report.json").read_text())
+    assert report["train_answers"] + report["val_answers"] == 12
+    with_store = Engine.load(
+        model_dir,
+        heads_path=tmp_path / "heads" / "s4c",
+        datastore_path=tmp_path / "heads" / "datastore",
+    )
+    assert with_store.datastore is not None
+    assert with_store.datastore.config.sequences == report["train_answers"]
+    spec = with_store.generate(prompt, params)[0]
+    assert spec.token_ids == with_store.generate(prompt, params, method="ar")[0].token_ids
