@@ -83,8 +83,8 @@ def propose(
     """Draft one tree per row. hidden: (B, F) features of the last committed token; roots:
     (B,); chains: per row the context-lookup continuation after its root (used up to
     `shape.lookup` tokens); context: what heads with context attention attend over (mask
-    (B, 1, L)); second_chains: per row another continuation (the answer datastore's),
-    grafted beside `chains` where it adds tokens (`graft_branches`)."""
+    (B, 1, L)); second_chains: per row another continuation (the answer datastore's).
+    Chains are merged into the heads' tree where they add tokens (`merge_chains`)."""
     if shape.is_plain:
         return root_only(roots)
     if heads is not None and heads.context is not None and context is not None:
@@ -97,10 +97,7 @@ def propose(
     else:
         tree = _propose_dynamic(heads, hidden, roots, shape, context)
     if shape.lookup and chains is not None:
-        if second_chains is not None:
-            tree = graft_branches(tree, chains, second_chains, shape.lookup)
-        else:
-            tree = graft_chains(tree, [c[: shape.lookup] for c in chains])
+        tree = graft_branches(tree, chains, second_chains or [[] for _ in chains], shape.lookup)
     return tree
 
 
@@ -140,25 +137,34 @@ def graft_chains(
     )
 
 
+def merge_chains(tree: TreeBuffers, chains: list[list[int]]) -> TreeBuffers:
+    """Add one chain per row where it departs from the tree: follow the chain down from the
+    root through nodes already holding its tokens (head drafts, an earlier chain), then
+    graft the rest under the deepest such node (`graft_chains`). A token the tree already
+    drafts at that place costs no second node, and a head path the chain continues is
+    extended by it."""
+    tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+    rests, attach = [], []
+    for row, chain in enumerate(chains):
+        children: dict[tuple[int, int], int] = {}
+        for node in range(1, len(tokens[row])):  # first child holding a token wins
+            children.setdefault((parents[row][node], tokens[row][node]), node)
+        node, shared = 0, 0
+        while shared < len(chain) and (node, chain[shared]) in children:
+            node = children[node, chain[shared]]
+            shared += 1
+        rests.append(chain[shared:])
+        attach.append(node)
+    return graft_chains(tree, rests, attach)
+
+
 def graft_branches(
     tree: TreeBuffers, first: list[list[int]], second: list[list[int]], length: int
 ) -> TreeBuffers:
-    """Graft two lookup chains per row (each cut to `length`): `first` under the root, then
-    what `second` adds: where it starts like `first`, only its divergent rest, hung under the
-    last shared node, so no token is drafted twice."""
-    first = [c[:length] for c in first]
-    tree_n = tree.tokens.shape[1]
-    tree = graft_chains(tree, first)
-    width = tree.tokens.shape[1] - tree_n  # the first graft's padded length
-    rests, attach = [], []
-    for a, c in zip(first, second):
-        c = c[:length]
-        shared = 0
-        while shared < min(len(a), len(c)) and a[shared] == c[shared]:
-            shared += 1
-        rests.append(c[shared:])
-        attach.append(tree_n + shared - 1 if shared and width else 0)
-    return graft_chains(tree, rests, attach)
+    """Merge two lookup chains per row into the tree (each cut to `length`, see
+    `merge_chains`): the context's, then the answer datastore's."""
+    tree = merge_chains(tree, [c[:length] for c in first])
+    return merge_chains(tree, [c[:length] for c in second])
 
 
 def _head_log_probs(

@@ -133,3 +133,24 @@ def test_second_chain_grafts_only_what_it_adds_under_the_last_shared_node() -> N
     # Chains are cut to the tree's lookup length first.
     cut = graft_branches(tree, [[11, 12, 13], [], []], [[11, 19], [], []], 2)
     assert cut.tokens[0].tolist() == [10, 11, 12, 19] and cut.parents[0].tolist() == [0, 0, 1, 1]
+
+
+def test_chains_merge_into_the_heads_tree_and_extend_its_paths() -> None:
+    from s4c_engine.drafting import merge_chains
+    from s4c_engine.tree import TreeBuffers, ancestor_mask
+
+    # Head drafts: root 10 -> 11 (node 1) -> 13 (node 3), root -> 12 (node 2); two rows.
+    parents = torch.tensor([[0, 0, 0, 1]] * 2)
+    depths = torch.tensor([[0, 1, 1, 2]] * 2)
+    tokens = torch.tensor([[10, 11, 12, 13], [10, 11, 12, 13]])
+    tree = TreeBuffers(tokens, parents, depths, ancestor_mask(parents, depths, 2))
+    out = merge_chains(tree, [[11, 13, 14, 15], [12, 5]])
+    # Row 0 follows 11 -> 13 and extends that head path by 14, 15 (depths 3, 4).
+    assert out.tokens[0, 4:].tolist() == [14, 15]
+    assert out.parents[0, 4:].tolist() == [3, 4] and out.depths[0, 4:].tolist() == [3, 4]
+    assert out.ancestors[0, 5].tolist() == [True, True, False, True, True, True]
+    # Row 1 shares the 12 and adds 5 under it, padded with its repeat to the longest rest.
+    assert out.tokens[1, 4:].tolist() == [5, 5]
+    assert out.parents[1, 4:].tolist() == [2, 4] and out.depths[1, 4:].tolist() == [2, 3]
+    # A chain the tree already holds adds nothing.
+    assert merge_chains(tree, [[11, 13], [12]]) is tree
