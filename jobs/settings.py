@@ -61,10 +61,9 @@ class Settings:
     model_name: str = DEFAULT_MODEL_NAME
     model_dir: Path | None = None  # None: $S4C_HOME/models/<default model>
     heads_path: Path | None = None  # None: the heads shipped for the default model, if any
-    # s4c's answer datastore (lookup chains from the target's own earlier answers): None the
-    # one shipped for the model, if any; S4C_DATASTORE=off leaves it out
+    # s4c's answer datastore (a second lookup chain from the model's own distilled answers,
+    # docs/training-heads.md); None: no datastore
     datastore_path: Path | None = None
-    use_datastore: bool = True
     engine_method: str = "s4c"  # s4c | medusa | ar
     device: str = "cpu"
     api_url: str = "http://127.0.0.1:8000"
@@ -104,7 +103,6 @@ class Settings:
         model_dir = env.get("S4C_MODEL_DIR")
         heads_path = env.get("S4C_HEADS")
         datastore = env.get("S4C_DATASTORE", "").strip()
-        datastore_off = datastore.lower() in ("off", "none", "0", "false")
         return cls(
             home=home,
             database_url=database_url,
@@ -112,10 +110,7 @@ class Settings:
             model_name=env.get("S4C_MODEL_NAME", DEFAULT_MODEL_NAME),
             model_dir=Path(model_dir).expanduser() if model_dir else None,
             heads_path=Path(heads_path).expanduser() if heads_path else None,
-            datastore_path=Path(datastore).expanduser()
-            if datastore and not datastore_off
-            else None,
-            use_datastore=not datastore_off,
+            datastore_path=Path(datastore).expanduser() if datastore else None,
             engine_method=env.get("S4C_ENGINE_METHOD", "s4c"),
             device=env.get("S4C_DEVICE", "cpu"),
             api_url=env.get("S4C_API_URL", "http://127.0.0.1:8000"),

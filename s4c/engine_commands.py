@@ -52,7 +52,8 @@ PathOption = click.Path(path_type=Path)
 @click.option("--medusa-heads", type=PathOption, default=None)
 @click.option(
     "--datastore", type=PathOption, default=None,
-    help="s4c's answer datastore directory (default: the one shipped for the model, if any).",
+    help="An answer datastore directory for s4c and its ablations (default: none); "
+    "s4c-no-store runs s4c without it.",
 )  # fmt: skip
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True)

@@ -13,8 +13,9 @@ keyed too), the most frequent continuation, extended token by token while the ch
 continuation keeps at least `min_share` of the n-gram's occurrences and `min_count` of them.
 So a chain is the target's modal continuation, cut where the answers stop agreeing.
 Drafting is a dict lookup, longest n-gram first: no model compute. A datastore chain is one
-more draft branch: the verification walk accepts it only where the target agrees, so it can
-add accepted tokens, never change the output.
+more draft branch, merged into the tree beside the heads' nodes and the context chain
+(`drafting.merge_chains`): the verification walk accepts it only where the target agrees,
+so it can add accepted tokens, never change the output.
 """
 
 from __future__ import annotations

@@ -40,11 +40,6 @@ def shipped_heads_path(model_name: str, kind: str) -> Path:
     return HEADS_DATA / model_name / kind
 
 
-def shipped_datastore_path(model_name: str) -> Path:
-    """Where the answer datastore shipped for a model lives: heads_data/<model>/datastore/."""
-    return HEADS_DATA / model_name / "datastore"
-
-
 def _draft_with_narrow_kernels(heads: DraftHeads) -> None:
     """CPU heads: their linears and vocabulary projection through the narrow kernel, in bf16
     where the CPU has AVX512-BF16 (drafting is as memory-bound as verification, and its
@@ -99,7 +94,6 @@ class Engine:
         narrow_kernels: bool | None = None,
         draft_dtype: str | None = None,
         datastore_path: Path | None = None,
-        use_datastore: bool = True,
     ) -> Engine:
         """Load a HF causal-LM directory; heads from heads_path, else the shipped ones for
         `method`, else plain decoding (logged). HeadsMismatchError for heads of another model.
@@ -107,9 +101,8 @@ class Engine:
         narrow_kernels: few-row products (tree verification, small batches) through
         `narrow_linear` (default: on the CPU in fp32). draft_dtype: the heads' dtype
         (default the target's); drafting is lossless whatever its precision.
-        datastore_path: the answer datastore for lookup chains where a row's context has none
-        (default: the one shipped for the model, if any; policies with lookup only);
-        use_datastore=False leaves it out.
+        datastore_path: an answer datastore (`s4c_engine.datastore`) for a second lookup chain
+        per row (policies with lookup; default none).
         """
         model_dir = Path(model_dir)
         info = read_model_info(model_dir, model_dir.name)
@@ -132,12 +125,10 @@ class Engine:
             if method == "medusa":  # the Medusa-1 baseline drafts from its heads alone
                 policy = policy.without_lookup()
         datastore = None
-        if use_datastore and method != "ar" and policy.uses_lookup:
-            path = datastore_path or shipped_datastore_path(info.name)
-            if (Path(path) / DATASTORE_CONFIG).is_file():
-                datastore = AnswerDatastore.load(Path(path), info.name, info.vocab_size)
-            elif datastore_path is not None:
+        if datastore_path is not None and method != "ar" and policy.uses_lookup:
+            if not (Path(datastore_path) / DATASTORE_CONFIG).is_file():
                 raise FileNotFoundError(f"no answer datastore at {datastore_path}")
+            datastore = AnswerDatastore.load(Path(datastore_path), info.name, info.vocab_size)
         return cls(
             target, PromptCodec.load(model_dir), info, heads, policy, max_batch_size, datastore
         )

@@ -94,7 +94,6 @@ class WorkerRuntime:
             settings.resolved_model_dir,
             heads_path=settings.heads_path,
             datastore_path=settings.datastore_path,
-            use_datastore=settings.use_datastore,
             method=cast(Method, method),
             device=settings.device,
             max_batch_size=settings.max_batch_size,

@@ -67,7 +67,7 @@ class BenchConfig:
     json_out: Path | None = None
     s4c_heads: Path | None = None  # None: the heads shipped for the model
     medusa_heads: Path | None = None
-    datastore: Path | None = None  # s4c's answer datastore; None: the one shipped, if any
+    datastore: Path | None = None  # an answer datastore for s4c (and its ablations); None: none
     device: str = "cpu"
     dtype: str = "float32"
     threads: int | None = None

@@ -12,8 +12,9 @@ verification accepts the longest agreeing prefix):
   a datastore);
 - `datastore`: the datastore alone;
 - `context, else datastore`: one chain, the datastore's only where the context has none;
-- `both`: the engine's rule, both chains grafted, the datastore's only where it departs
-  from the context's (`drafting.graft_branches`): the better of the two is accepted.
+- `both`: the engine's rule, both chains in the tree, the datastore's only where it departs
+  from the context's (`drafting.merge_chains`): the better of the two is accepted. (In the
+  engine both also merge into the heads' nodes, which this replay leaves out.)
 
 `python -m s4c_engine.training.datastore_build --data-dir DIR [--data-dir DIR ...]
 --model-dir MODEL --out-dir OUT` (see --help).

@@ -1,5 +1,6 @@
 """The Engine facade on the real default model: greedy output equals transformers' greedy
-output for plain and speculative decoding (random heads), prompt validation, heads fallback."""
+output for plain and speculative decoding (random heads; the shipped heads, with an answer
+datastore), prompt validation, heads fallback."""
 
 from __future__ import annotations
 
@@ -63,6 +64,40 @@ def test_plain_greedy_equals_transformers(engine: Engine, hf_greedy: list[list[i
         assert (
             r.stats.tau == 1.0 and r.stats.batch_size == len(QUESTIONS) and r.stats.tree_nodes == 1
         )
+
+
+@pytest.mark.slow
+def test_shipped_heads_with_an_answer_datastore_stay_exact(
+    engine: Engine, hf_greedy: list[list[int]], tmp_path: Path
+) -> None:
+    """The shipped heads load by default; a datastore of the model's own answers (here to
+    these very prompts, so its chains are right) drafts, and the output stays hf's."""
+    from s4c_engine.datastore import AnswerDatastore
+
+    default = Engine.load(DEFAULT_MODEL_DIR, max_batch_size=4)
+    assert default.method == "s4c" and default.heads is not None and default.datastore is None
+    prompt_ids = [engine.codec.encode(p) for p in _prompts()]
+    AnswerDatastore.build(
+        hf_greedy * 2,
+        lead=[p[-8:] for p in prompt_ids] * 2,
+        target_name=engine.info.name,
+        vocab_size=engine.info.vocab_size,
+    ).save(tmp_path / "ds")
+    spec = Engine.load(DEFAULT_MODEL_DIR, max_batch_size=4, datastore_path=tmp_path / "ds")
+    assert spec.datastore is not None
+    assert spec.datastore.propose(prompt_ids[0], 6) == hf_greedy[0][:6]
+    params = [SamplingParams(max_tokens=MAX_TOKENS)]
+    forwards = {"with": 0, "without": 0}
+    for i, prompt in enumerate(_prompts()):  # batch 1: the largest tree, both lookup chains
+        with_store = spec.generate([prompt], params)[0]
+        without = default.generate([prompt], params)[0]
+        assert list(with_store.token_ids) == list(without.token_ids) == hf_greedy[i]
+        forwards["with"] += with_store.stats.target_forwards
+        forwards["without"] += without.stats.target_forwards
+    # Knowing the answers, the datastore's chains are accepted: far fewer target forwards.
+    assert forwards["with"] < forwards["without"], forwards
+    medusa = Engine.load(DEFAULT_MODEL_DIR, method="medusa", datastore_path=tmp_path / "ds")
+    assert medusa.datastore is None  # the Medusa-1 baseline drafts from its heads alone
 
 
 @pytest.mark.slow

@@ -142,9 +142,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env["S4C_MODEL_DIR"] = str(settings.model_dir)
     if settings.heads_path is not None:
         env["S4C_HEADS"] = str(settings.heads_path)
-    if not settings.use_datastore:
-        env["S4C_DATASTORE"] = "off"
-    elif settings.datastore_path is not None:
+    if settings.datastore_path is not None:
         env["S4C_DATASTORE"] = str(settings.datastore_path)
     return env
 

@@ -410,30 +410,25 @@ def test_sweep_requeues_expired_leases_and_lost_messages(
 def test_the_worker_engine_takes_the_answer_datastore_from_the_settings(
     worker_settings: Settings, tmp_path: Path
 ) -> None:
-    """S4C_DATASTORE names a datastore (loaded and checked against the served model) or
-    `off`; a datastore built for another model is refused when the engine loads."""
+    """S4C_DATASTORE names a datastore, loaded and checked against the served model: one
+    built for another model, or a missing directory, is refused when the engine loads."""
     from s4c_engine.datastore import AnswerDatastore
     from s4c_engine.errors import HeadsMismatchError
     from worker.runtime import WorkerRuntime
 
-    env = {"S4C_DATASTORE": str(tmp_path / "ds")}
-    assert Settings.from_env(env).datastore_path == tmp_path / "ds"
-    assert Settings.from_env({"S4C_DATASTORE": "off"}).use_datastore is False
-    assert Settings.from_env({}).datastore_path is None and Settings.from_env({}).use_datastore
+    assert Settings.from_env({"S4C_DATASTORE": str(tmp_path / "ds")}).datastore_path == (
+        tmp_path / "ds"
+    )
+    assert Settings.from_env({}).datastore_path is None
 
     answers = [[5, 6, 7, 8]] * 3
     AnswerDatastore.build(answers, target_name="tiny", vocab_size=49152).save(tmp_path / "ds")
     AnswerDatastore.build(answers, target_name="other", vocab_size=49152).save(tmp_path / "x")
     # The worker's model directory is named "tiny" (its datastore's target).
-    loaded = WorkerRuntime(
-        replace(worker_settings, model_name="tiny", datastore_path=tmp_path / "ds")
-    ).engine()
+    loaded = WorkerRuntime(replace(worker_settings, datastore_path=tmp_path / "ds")).engine()
     assert loaded.datastore is not None  # type: ignore[attr-defined]
     assert loaded.datastore.propose([1, 5, 6], 3) == [7, 8]  # type: ignore[attr-defined]
-    off = WorkerRuntime(
-        replace(worker_settings, datastore_path=tmp_path / "ds", use_datastore=False)
-    ).engine()
-    assert off.datastore is None  # type: ignore[attr-defined]
+    assert WorkerRuntime(worker_settings).engine().datastore is None  # type: ignore[attr-defined]
     with pytest.raises(HeadsMismatchError, match="built for 'other'"):
         WorkerRuntime(replace(worker_settings, datastore_path=tmp_path / "x")).engine()
     with pytest.raises(FileNotFoundError, match="no answer datastore"):
