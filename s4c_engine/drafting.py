@@ -143,6 +143,8 @@ def merge_chains(tree: TreeBuffers, chains: list[list[int]]) -> TreeBuffers:
     graft the rest under the deepest such node (`graft_chains`). A token the tree already
     drafts at that place costs no second node, and a head path the chain continues is
     extended by it."""
+    if not any(chains):  # nothing to add: no host copy of the tree (a device sync on GPUs)
+        return tree
     tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
     rests, attach = [], []
     for row, chain in enumerate(chains):

@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from s4c_engine.datastore import AnswerDatastore
 from s4c_engine.lookup import NgramLookup
@@ -123,15 +124,12 @@ def build_datastore(
     target_name: str,
     vocab_size: int,
     val_percent: float = 3.0,
-    min_ngram: int = 2,
-    max_ngram: int = 4,
-    max_chain: int = 8,
-    min_count: int = 2,
-    min_share: float = 0.3,
     replay_chain: int = 6,
+    **thresholds: Any,
 ) -> dict[str, object]:
     """Build from the training split, save to out_dir, replay the validation split; returns
-    (and writes beside the datastore) the report."""
+    (and writes beside the datastore) the report. thresholds: `AnswerDatastore.build`'s
+    min_ngram, max_ngram, max_chain, min_count, min_share (its defaults otherwise)."""
     start = time.perf_counter()
     train, val = collect(data_dirs, val_percent)
     if not train:
@@ -141,11 +139,7 @@ def build_datastore(
         lead=[p[-LEAD_TOKENS:] for p, _ in train],
         target_name=target_name,
         vocab_size=vocab_size,
-        min_ngram=min_ngram,
-        max_ngram=max_ngram,
-        max_chain=max_chain,
-        min_count=min_count,
-        min_share=min_share,
+        **thresholds,
     )
     built = time.perf_counter() - start
     store.save(out_dir)
