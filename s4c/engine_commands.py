@@ -41,8 +41,8 @@ PathOption = click.Path(path_type=Path)
 @click.option(
     "--methods", default="hf,hf-pld,ar,medusa,s4c", show_default=True,
     help="Comma-separated, from hf, hf-pld, ar, medusa, s4c and the s4c ablations "
-    "s4c-heads (its heads without lookup chains), lookup (lookup chains alone: context, else "
-    "answer datastore) and s4c-no-store (s4c without the answer datastore).",
+    "s4c-heads (its heads without lookup chains), lookup (lookup chains alone: context, and "
+    "the answer datastore's with --datastore) and s4c-no-store (s4c without the datastore).",
 )  # fmt: skip
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--batch-sizes", default="1", show_default=True, help="Comma-separated.")
@@ -163,9 +163,9 @@ def bench(
 )  # fmt: skip
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option(
-    "--datastore/--no-datastore", default=True, show_default=True,
-    help="Also build the answer datastore from the distilled answers (work-dir/datastore, "
-    "and out-dir/datastore): s4c's second lookup chain, no training involved.",
+    "--datastore/--no-datastore", default=False, show_default=True,
+    help="Also build an answer datastore from the distilled answers (work-dir/datastore, "
+    "and out-dir/datastore): an opt-in second lookup chain for s4c (S4C_DATASTORE).",
 )  # fmt: skip
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads.")

@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 
 ALL_METHODS = ("hf", "hf-pld", "ar", "medusa", "s4c")
 # Ablations of s4c (not run by default): its heads without lookup chains; lookup chains
-# (context, else answer datastore) without heads; s4c without the answer datastore (context
-# lookup only); each with the same tree budgets as s4c.
+# (context, and the answer datastore's when --datastore is given) without heads; s4c without
+# the answer datastore; each with the same tree budgets as s4c.
 ABLATIONS = ("s4c-heads", "lookup", "s4c-no-store")
 ENGINE_METHODS = ("ar", "medusa", "s4c", *ABLATIONS)
 REPO_ROOT = Path(__file__).resolve().parents[2]

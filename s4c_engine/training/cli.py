@@ -60,7 +60,7 @@ class TrainHeadsConfig:
     batch_size: int = 512
     lr: float = 1e-3
     autocast: bool = True  # bf16 matmuls while training (fp32 weights and evaluation)
-    datastore: bool = True  # also build the answer datastore from the distilled answers
+    datastore: bool = False  # also build an (opt-in) answer datastore from the answers
     save_dtype: str = "float16"
     seed: int = 0
     threads: int | None = None

@@ -154,3 +154,26 @@ def test_chains_merge_into_the_heads_tree_and_extend_its_paths() -> None:
     assert out.parents[1, 4:].tolist() == [2, 4] and out.depths[1, 4:].tolist() == [2, 3]
     # A chain the tree already holds adds nothing.
     assert merge_chains(tree, [[11, 13], [12]]) is tree
+
+
+def test_propose_merges_a_chain_the_heads_already_drafted_into_their_nodes() -> None:
+    model = tiny_model("llama")
+    heads = random_heads(model, "s4c")
+    shape = TreeShape(nodes=10, depth=3, top_k=2, lookup=4)  # room for a depth-3 path + 1
+    hidden, roots = torch.randn(2, 32), torch.tensor([4, 5])
+    alone = propose(heads, hidden, roots, shape)
+    # Per row, the heads' own path to their last node, as a lookup chain: nothing to add.
+    chains = []
+    for row in range(2):
+        node, path = alone.num_nodes - 1, []
+        while node:
+            path.insert(0, int(alone.tokens[row, node]))
+            node = int(alone.parents[row, node])
+        chains.append(path)
+    same = propose(heads, hidden, roots, shape, chains=chains)
+    assert same.num_nodes == alone.num_nodes and torch.equal(same.tokens, alone.tokens)
+    # The same path continued by one more token: only that token is added, under its end.
+    longer = propose(heads, hidden, roots, shape, chains=[[*c, 9] for c in chains])
+    assert longer.num_nodes == alone.num_nodes + 1
+    assert longer.tokens[:, -1].tolist() == [9, 9]
+    assert longer.parents[:, -1].tolist() == [alone.num_nodes - 1] * 2

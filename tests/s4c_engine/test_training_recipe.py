@@ -34,6 +34,7 @@ def test_recipe_exports_heads_the_engine_loads_and_reruns_resume(tmp_path: Path)
         draft_vocab_size=40,
         steps=6,
         batch_size=16,
+        datastore=True,
     )
     results = cli_main(config)
     assert [r.steps for r in results] == [6, 6]
