@@ -141,18 +141,25 @@ def bench(
 )  # fmt: skip
 @click.option(
     "--init-heads", type=PathOption, default=None,
-    help="s4c only: start from these trained heads (their weights and draft vocabulary; "
-    "new parts such as context attention start as the identity).",
+    help="s4c only: start from these trained heads (their weights and draft vocabulary, "
+    "widened to --draft-vocab-size if that is larger; new parts such as context attention "
+    "or --feature-layers start as the identity).",
 )  # fmt: skip
 @click.option(
     "--init-lr-scale", type=click.FloatRange(min=0.0), default=0.25, show_default=True,
     help="With --init-heads: learning-rate factor of the heads' own weights taken from "
-    "them (0: frozen); the context attention, new or taken from them, trains at --lr.",
+    "them (0: frozen); the context attention and fused-layer projections, new or taken "
+    "from them, train at --lr.",
 )  # fmt: skip
 @click.option(
     "--context-samples", type=click.IntRange(min=1), default=16, show_default=True,
     help="With --context-heads: samples per step, each scoring at most "
     "batch-size / context-samples of its positions.",
+)  # fmt: skip
+@click.option(
+    "--draft-vocab-size", type=click.IntRange(min=1), default=8192, show_default=True,
+    help="Tokens the heads can draft: the most frequent of the distilled data (capped at "
+    "the model's vocabulary).",
 )  # fmt: skip
 @click.option("--steps", type=int, default=8_000, show_default=True)
 @click.option("--warmup-steps", type=click.IntRange(min=1), default=200, show_default=True)
@@ -187,6 +194,7 @@ def train_heads(
     init_heads: Path | None,
     init_lr_scale: float,
     context_samples: int,
+    draft_vocab_size: int,
     steps: int,
     warmup_steps: int,
     batch_size: int,
@@ -226,6 +234,7 @@ def train_heads(
         init_heads=init_heads,
         init_lr_scale=init_lr_scale,
         context_samples=context_samples,
+        draft_vocab_size=draft_vocab_size,
         steps=steps,
         warmup_steps=warmup_steps,
         batch_size=batch_size,

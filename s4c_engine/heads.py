@@ -35,8 +35,9 @@ class HeadConfig:
 
     `draft_vocab_size == vocab_size` means the heads draft over the full vocabulary.
     `feature_layers` (s4c only): decoder layers whose outputs (the residual stream after that
-    layer) join the last hidden state as the heads' input, EAGLE-3-style low/mid/high fusion;
-    empty means the last hidden state alone.
+    layer) join the last hidden state as the heads' input, EAGLE-3-style low/mid/high fusion,
+    through a projection of their own (`DraftHeads.fuse`, each layer at unit RMS); empty means
+    the last hidden state alone.
     """
 
     kind: HeadKind = "s4c"
@@ -116,6 +117,16 @@ class HeadConfig:
             )
 
 
+def _check_fused_projections(state: dict[str, torch.Tensor], config: HeadConfig) -> None:
+    """Heads with fused layers saved before `fuse` existed kept the layers' raw features
+    inside input_proj; they do not fit today's unit-RMS fusion: refuse them clearly."""
+    if config.feature_layers and "fuse.0.weight" not in state:
+        raise HeadsMismatchError(
+            "these heads fuse decoder layers in the old layout (inside input_proj); "
+            "retrain them with this version"
+        )
+
+
 class VocabProjection(nn.Module):
     """The frozen vocabulary projection of the heads: x @ weight.T, weight (Vd, D) being the
     target lm_head rows of the draft vocabulary (a non-persistent buffer, never saved). A
@@ -164,6 +175,14 @@ def _unit_rms(x: torch.Tensor) -> torch.Tensor:
     """x scaled to unit root-mean-square over its last dim (the target's hidden states and
     its embeddings differ ~15x in scale; each part of an entry should count)."""
     return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
+
+
+def fusion_input(layers: torch.Tensor, size: int) -> torch.Tensor:
+    """The fused decoder-layer features (..., L * size) as `DraftHeads.fuse` reads them: each
+    layer's residual stream at unit RMS (mid-layer residuals are unnormalised and their scale
+    grows with depth; each layer should count alike)."""
+    parts = layers.unflatten(-1, (-1, size))
+    return _unit_rms(parts).flatten(-2)
 
 
 class ContextAttention(nn.Module):
@@ -233,7 +252,8 @@ class ContextAttention(nn.Module):
 class DraftHeads(nn.Module):
     """K draft heads; head i predicts the token i+2 positions after the hidden state's position.
 
-    Trainable: the per-head input projections (s4c only) and ResBlocks. Frozen and shared with
+    Trainable: the per-head input projections and fused-layer projections (s4c only), the
+    context attention (when configured) and the ResBlocks. Frozen and shared with
     the target (non-persistent buffers, never saved): the input embedding table and the lm_head
     rows of the draft vocabulary. A new head starts as "predict the next token" (identity).
     """
@@ -266,13 +286,21 @@ class DraftHeads(nn.Module):
         rows = lm_head_weight.detach() if is_full else lm_head_weight.detach()[draft_vocab]
         self.vocab = VocabProjection(rows)  # (Vd, D)
         self.input_proj = nn.ModuleList()
+        # Fused decoder-layer features enter through their own zero-initialised projection
+        # (added to input_proj's output), so heads trained without them gain them as a new
+        # part that starts at "no effect", like the context attention.
+        self.fuse = nn.ModuleList()
         if config.kind == "s4c":
             for i in range(config.num_heads):
-                proj = nn.Linear(config.feature_size + (i + 1) * d, d, bias=False)
+                proj = nn.Linear(d + (i + 1) * d, d, bias=False)
                 with torch.no_grad():
                     proj.weight.zero_()
                     proj.weight[:, :d] = torch.eye(d)  # start by passing h_t through
                 self.input_proj.append(proj)
+                if config.feature_layers:
+                    fuse = nn.Linear(config.feature_size - d, d, bias=False)
+                    nn.init.zeros_(fuse.weight)
+                    self.fuse.append(fuse)
         self.blocks = nn.ModuleList(
             nn.Sequential(*[ResBlock(d) for _ in range(config.num_layers)])
             for _ in range(config.num_heads)
@@ -324,6 +352,7 @@ class DraftHeads(nn.Module):
         config = HeadConfig(**raw)
         config.check_target(model, target_name)
         state = load_file(str(path / WEIGHTS_FILE))
+        _check_fused_projections(state, config)
         heads = cls.create(config, model, state["draft_vocab"])
         heads.load_state_dict(state, strict=True)
         return heads
@@ -369,7 +398,11 @@ class DraftHeads(nn.Module):
             if path_tokens is None or path_tokens.shape[-1] != head + 1:
                 raise ValueError(f"s4c head {head} needs {head + 1} path tokens")
             emb = self.embed_weight[path_tokens]  # (..., head+1, D)
+            d = self.config.hidden_size
+            x, layers = x[..., :d], x[..., d:]
             x = self.input_proj[head](torch.cat([x, emb.flatten(-2)], -1))
+            if self.fuse:
+                x = x + self.fuse[head](fusion_input(layers, d))
         if self.context is not None:
             if context is None:
                 raise ValueError("heads with context attention need the context")

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 REPORT_FILE = "report.json"
 HEADS_DIR = "heads"
+# Parts of the heads a later stage may add to trained ones; with init_heads they train at
+# the full lr (the rest at init_lr_scale times it), new or taken over.
+NEW_PARTS = ("context.", "fuse.")
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,13 @@ class TrainConfig:
     # runs draw samples per step (context_samples) rather than single positions
     context_heads: int = 0
     context_head_dim: int = 64
-    # start from these trained heads (a heads directory): their weights and draft vocabulary,
-    # new parts (context attention) at their identity start; no least-squares warm start
+    # start from these trained heads (a heads directory): their weights and draft vocabulary
+    # (widened to draft_vocab_size if that is larger), new parts (context attention, fused
+    # layers) at their identity start; no least-squares warm start
     init_heads: Path | None = None
     # with init_heads: lr factor of the heads' own weights taken from them (input projections,
-    # ResBlocks); the context attention, new or taken from them, trains at lr (0: the heads'
-    # own weights stay frozen and only the context attention trains)
+    # ResBlocks); the context attention and fused-layer projections, new or taken from them,
+    # train at lr (0: the heads' own weights stay frozen and only those parts train)
     init_lr_scale: float = 0.25
     context_samples: int = 16  # context runs: samples per step, each scoring at most
     # batch_size // context_samples of its positions (drawn at random), so a step's
@@ -372,23 +376,34 @@ def _context_start(config: TrainConfig) -> int:
     return min(int(r.get("start", 0)) for r in read_index(config.data_dir))  # type: ignore[call-overload]
 
 
-def _init_from(path: Path, config: HeadConfig, model: torch.nn.Module) -> DraftHeads:
+def _init_from(
+    path: Path, config: HeadConfig, model: torch.nn.Module, vocab: torch.Tensor
+) -> DraftHeads:
     """Heads of `config` starting from the trained heads in `path` (same kind, sizes and
-    target): their weights and draft vocabulary, parts they lack (context attention) new."""
+    target): their weights and draft vocabulary; parts they lack (context attention, fused
+    decoder layers) start new, at "no effect". A larger `config.draft_vocab_size` widens
+    their vocabulary: their ids first, then the most frequent others of this run's `vocab`
+    (ranked ids), so every draft they made before they still make."""
     raw = json.loads((Path(path) / CONFIG_FILE).read_text())
     old = HeadConfig(**raw)
     same = ("kind", "num_heads", "num_layers", "target_arch", "hidden_size", "vocab_size")
     if any(getattr(old, k) != getattr(config, k) for k in same) or (
-        old.feature_layers != config.feature_layers
+        old.feature_layers not in ((), config.feature_layers)
     ):
         raise ValueError(f"{path}: heads of another structure than this run's")
     state = load_file(str(Path(path) / WEIGHTS_FILE))
-    config = replace(config, draft_vocab_size=old.draft_vocab_size)
-    heads = DraftHeads.create(config, model, state["draft_vocab"])
+    ids = state["draft_vocab"].long()
+    if config.draft_vocab_size > len(ids):
+        taken = set(ids.tolist())
+        more = [t for t in vocab.tolist() if t not in taken][: config.draft_vocab_size - len(ids)]
+        ids = torch.cat([ids, torch.tensor(more, dtype=torch.long)])
+    config = replace(config, draft_vocab_size=len(ids))
+    heads = DraftHeads.create(config, model, ids)
+    state["draft_vocab"] = ids
     missing, unexpected = heads.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False
     )
-    if unexpected or any(not k.startswith("context.") for k in missing):
+    if unexpected or any(not k.startswith(NEW_PARTS) for k in missing):
         raise ValueError(f"{path}: weights do not fit ({unexpected or missing})")
     return heads
 
@@ -437,14 +452,14 @@ def train_heads(config: TrainConfig) -> TrainResult:
         splits.train.token, head_config.draft_vocab_size, head_config.vocab_size, eos_ids
     )
     if config.init_heads is not None:
-        heads = _init_from(config.init_heads, head_config, model)
+        heads = _init_from(config.init_heads, head_config, model, vocab.ids)
         vocab = replace(vocab, coverage=_coverage(heads, splits.train.token))
     else:
         heads = DraftHeads.create(head_config, model, vocab.ids)
     head_config = heads.config
     del model
-    new_params = [p for n, p in heads.named_parameters() if n.startswith("context.")]
-    old_params = [p for n, p in heads.named_parameters() if not n.startswith("context.")]
+    new_params = [p for n, p in heads.named_parameters() if n.startswith(NEW_PARTS)]
+    old_params = [p for n, p in heads.named_parameters() if not n.startswith(NEW_PARTS)]
     scale = config.init_lr_scale if config.init_heads is not None else 1.0
     groups = []
     if scale > 0:

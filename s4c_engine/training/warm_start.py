@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from s4c_engine.heads import DraftHeads
+from s4c_engine.heads import DraftHeads, fusion_input
 from s4c_engine.training.data import PositionData
 
 
@@ -25,7 +25,8 @@ def least_squares_projection(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """Ridge solution W (D, F + (head+1)D) with W x ~ h_{t+head+1}, from a seeded subsample;
-    x = [features at t; E(x_{t+1}); ...; E(x_{t+head+1})]."""
+    x = [h_t; fused layers at t (as `fusion_input` scales them); E(x_{t+1}); ...;
+    E(x_{t+head+1})]."""
     eligible = torch.nonzero(data.depth_left > head + 1).squeeze(1)
     pick = eligible[torch.randperm(len(eligible), generator=generator)[:max_positions]]
     emb = heads.embed_weight.float().cpu()
@@ -36,7 +37,10 @@ def least_squares_projection(
     cross = torch.zeros(size, d, dtype=torch.float64)
     for start in range(0, len(pick), 4096):
         idx = pick[start : start + 4096]
-        parts = [data.hidden[idx].float()] + [data.layers[i][idx].float() for i in layers]
+        parts = [data.hidden[idx].float()]
+        if layers:
+            raw = torch.cat([data.layers[i][idx].float() for i in layers], -1)
+            parts.append(fusion_input(raw, d))
         parts += [emb[data.token[idx + j]] for j in range(head + 1)]
         x = torch.cat(parts, -1).double()  # (n, size)
         y = data.hidden[idx + head + 1].double()  # (n, D)
@@ -59,7 +63,12 @@ def warm_start(
     if heads.config.kind != "s4c":
         return
     generator = torch.Generator().manual_seed(seed)
+    d = heads.config.hidden_size
+    extra = heads.config.feature_size - d
     for i, proj in enumerate(heads.input_proj):
         weight = least_squares_projection(heads, data, i, max_positions, ridge, generator)
-        with torch.no_grad():
-            proj.weight.copy_(weight.to(proj.weight.device, proj.weight.dtype))
+        weight = weight.to(proj.weight.device, proj.weight.dtype)
+        with torch.no_grad():  # columns [h_t | fused layers | path] -> input_proj and fuse
+            proj.weight.copy_(torch.cat([weight[:, :d], weight[:, d + extra :]], 1))
+            if extra:
+                heads.fuse[i].weight.copy_(weight[:, d : d + extra])

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import GenerationConfig, LlamaForCausalLM
 
+from s4c_engine.errors import HeadsMismatchError
 from s4c_engine.heads import DraftHeads
 from s4c_engine.target import Target
 from s4c_engine.training.data import build_draft_vocab, load_splits
@@ -261,3 +264,93 @@ def test_trained_context_heads_train_further_with_their_own_weights_frozen(
     # Taken over, not reset: the run starts where the first one's (fp16-saved) heads ended.
     assert result.history[0].loss == pytest.approx(first.evaluation.loss, rel=0.02)
     assert result.history[0].loss < first.history[0].loss - 0.05
+
+
+def test_trained_heads_gain_fused_layers_as_a_new_part(
+    tiny_model_dir: Path, distilled_dir: Path, tmp_path: Path
+) -> None:
+    """Fused decoder layers added to heads trained without them: the fuse projections start
+    at zero (the heads score exactly as before), train at lr while the rest stays frozen.
+    (Whether they help is a question for real data: on this tiny random model's 200
+    validation positions they only overfit.)"""
+    base = train_heads(_config(tiny_model_dir, distilled_dir, tmp_path / "base", "s4c"))
+    config = _config(
+        tiny_model_dir,
+        distilled_dir,
+        tmp_path / "fused",
+        "s4c",
+        feature_layers=(0,),
+        init_heads=base.heads_dir,
+        init_lr_scale=0.0,
+    )
+    result = train_heads(config)
+    assert result.history[0].top1 == pytest.approx(base.evaluation.top1, abs=1e-6)
+    assert result.history[0].loss == pytest.approx(base.evaluation.loss, rel=1e-4)
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    before = DraftHeads.load(base.heads_dir, model, "tiny-llama").state_dict()
+    after = DraftHeads.load(result.heads_dir, model, "tiny-llama")
+    assert after.config.feature_layers == (0,)
+    state = after.state_dict()
+    assert all(state[f"fuse.{i}.weight"].abs().sum() > 0 for i in range(3))
+    for name, tensor in before.items():
+        assert torch.equal(state[name], tensor), f"{name} moved while frozen"
+
+
+def test_a_later_stage_widens_the_draft_vocabulary_keeping_the_old_ids_first(
+    tiny_model_dir: Path, distilled_dir: Path, tmp_path: Path
+) -> None:
+    base = train_heads(
+        replace(
+            _config(tiny_model_dir, distilled_dir, tmp_path / "base", "s4c"),
+            draft_vocab_size=32,
+            steps=10,
+        )
+    )
+    assert base.draft_vocab_coverage < 1.0
+    wide = train_heads(
+        replace(
+            _config(tiny_model_dir, distilled_dir, tmp_path / "wide", "s4c"),
+            init_heads=base.heads_dir,
+            draft_vocab_size=48,
+            steps=10,
+        )
+    )
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    old = DraftHeads.load(base.heads_dir, model, "tiny-llama").draft_vocab
+    new = DraftHeads.load(wide.heads_dir, model, "tiny-llama").draft_vocab
+    assert len(new) == 48 and len(set(new.tolist())) == 48
+    assert torch.equal(new[:32], old)
+    assert wide.draft_vocab_coverage > base.draft_vocab_coverage
+    # Not narrower: a smaller request keeps the trained heads' vocabulary.
+    same = train_heads(
+        replace(
+            _config(tiny_model_dir, distilled_dir, tmp_path / "same", "s4c"),
+            init_heads=wide.heads_dir,
+            draft_vocab_size=16,
+            steps=10,
+        )
+    )
+    assert torch.equal(DraftHeads.load(same.heads_dir, model, "tiny-llama").draft_vocab, new)
+
+
+def test_fused_heads_in_the_old_layout_are_refused(
+    tiny_model_dir: Path, distilled_dir: Path, tmp_path: Path
+) -> None:
+    """Before `fuse`, the fused layers' columns sat inside input_proj (raw features): such a
+    file does not mean what today's heads compute, so loading it fails clearly."""
+    result = train_heads(
+        replace(
+            _config(tiny_model_dir, distilled_dir, tmp_path, "s4c", feature_layers=(0,)),
+            steps=5,
+        )
+    )
+    path = result.heads_dir / "heads.safetensors"
+    state = load_file(str(path))
+    for i in range(3):
+        fuse = state.pop(f"fuse.{i}.weight")
+        proj = state[f"input_proj.{i}.weight"]
+        state[f"input_proj.{i}.weight"] = torch.cat([proj[:, :32], fuse, proj[:, 32:]], 1)
+    save_file(state, str(path))
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with pytest.raises(HeadsMismatchError, match="old layout"):
+        DraftHeads.load(result.heads_dir, model, "tiny-llama")
