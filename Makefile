@@ -55,7 +55,7 @@ lint: $(STAMP)
 	@status=0; \
 	echo "ruff check"; $(BIN)/ruff check . || status=1; \
 	echo "ruff format --check"; $(BIN)/ruff format --check . || status=1; \
-	echo "mypy"; $(BIN)/mypy jobs api worker s4c || status=1; \
+	echo "mypy"; $(BIN)/mypy jobs api worker s4c s4c_engine || status=1; \
 	echo "lint-imports"; $(BIN)/lint-imports || status=1; \
 	exit $$status
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -86,7 +86,7 @@ class HeadConfig:
     @classmethod
     def for_target(cls, model: nn.Module, target_name: str, **fields: object) -> HeadConfig:
         """A config matching `model` (a HF causal LM); `fields` override kind, sizes, ..."""
-        cfg = model.config  # type: ignore[union-attr]
+        cfg: Any = model.config  # a transformers PretrainedConfig
         vocab = int(cfg.vocab_size)
         fields.setdefault("draft_vocab_size", min(8192, vocab))
         return cls(
@@ -99,7 +99,7 @@ class HeadConfig:
 
     def check_target(self, model: nn.Module, target_name: str) -> None:
         """Raise HeadsMismatchError unless these heads were built for this target."""
-        cfg = model.config  # type: ignore[union-attr]
+        cfg: Any = model.config  # a transformers PretrainedConfig
         found = {
             "target_name": target_name,
             "target_arch": str(cfg.model_type),
@@ -133,6 +133,7 @@ class VocabProjection(nn.Module):
     module of its own so inference can swap in a faster kernel (`narrow_linear`)."""
 
     bias = None
+    weight: torch.Tensor  # non-persistent buffer
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -155,7 +156,8 @@ class ResBlock(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.act(self.linear(x))
+        out: torch.Tensor = x + self.act(self.linear(x))
+        return out
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ def fusion_input(layers: torch.Tensor, size: int) -> torch.Tensor:
     """The fused decoder-layer features (..., L * size) as `DraftHeads.fuse` reads them: each
     layer's residual stream at unit RMS (mid-layer residuals are unnormalised and their scale
     grows with depth; each layer should count alike)."""
-    parts = layers.unflatten(-1, (-1, size))
+    parts = layers.unflatten(-1, (-1, size))  # type: ignore[no-untyped-call]
     return _unit_rms(parts).flatten(-2)
 
 
@@ -210,7 +212,7 @@ class ContextAttention(nn.Module):
         self.query = nn.ModuleList(nn.Linear(size, width, bias=False) for _ in range(num_heads))
         self.out = nn.ModuleList(nn.Linear(width, size, bias=False) for _ in range(num_heads))
         for proj in self.out:
-            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(cast(nn.Linear, proj).weight)
 
     def entries(
         self, hidden: torch.Tensor, token_emb: torch.Tensor, next_emb: torch.Tensor
@@ -246,7 +248,8 @@ class ContextAttention(nn.Module):
         v = context.values.view(b, -1, h, dk).transpose(1, 2).to(q.dtype)
         mask = context.mask[:, None]  # (B, 1, M|1, 1 + L)
         attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out[head](attended.transpose(1, 2).reshape(b, m, h * dk))
+        out: torch.Tensor = self.out[head](attended.transpose(1, 2).reshape(b, m, h * dk))
+        return out
 
 
 class DraftHeads(nn.Module):
@@ -257,6 +260,11 @@ class DraftHeads(nn.Module):
     the target (non-persistent buffers, never saved): the input embedding table and the lm_head
     rows of the draft vocabulary. A new head starts as "predict the next token" (identity).
     """
+
+    # buffers (registered in __init__)
+    draft_vocab: torch.Tensor  # (Vd,)
+    target_to_draft: torch.Tensor  # (V,)
+    embed_weight: torch.Tensor  # (V, D)
 
     def __init__(
         self,
@@ -408,7 +416,8 @@ class DraftHeads(nn.Module):
                 raise ValueError("heads with context attention need the context")
             rows = x if x.dim() == 3 else x[None]
             x = x + self.context(head, rows, context).view_as(x)
-        return self.blocks[head](x)
+        out: torch.Tensor = self.blocks[head](x)
+        return out
 
     def head_logits(
         self,
@@ -418,7 +427,8 @@ class DraftHeads(nn.Module):
         context: Context | None = None,
     ) -> torch.Tensor:
         """Logits over the draft vocabulary, (..., Vd); see `head_features` for the inputs."""
-        return self.vocab(self.head_features(head, hidden, path_tokens, context))
+        logits: torch.Tensor = self.vocab(self.head_features(head, hidden, path_tokens, context))
+        return logits
 
     def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
         """Map draft-vocabulary indices to target token ids (same shape)."""

@@ -15,13 +15,14 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 
-class RowKVLayer(CacheLayerMixin):
+# transformers leaves CacheLayerMixin's __init_subclass__ and __init__ unannotated
+class RowKVLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
     """One layer's view into the shared storage; writes go where the owning cache says."""
 
     is_sliding = False
 
     def __init__(self, owner: RowKVCache, layer_idx: int) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.owner = owner
         self.layer_idx = layer_idx
         self.is_initialized = True

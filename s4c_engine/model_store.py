@@ -151,6 +151,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     # save_pretrained refuse or mislabel the float checkpoint.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
+    # undeclared on PreTrainedModel, so mypy sees nn.Module.__setattr__ (tensors, modules only)
+    model.hf_quantizer = None  # type: ignore[assignment]
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))

@@ -26,6 +26,7 @@ import os
 import shutil
 from pathlib import Path
 from types import ModuleType
+from typing import cast
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ def load_kernel() -> ModuleType | None:
 
     _put_ninja_on_path()
     try:
-        return load(
+        kernel: ModuleType = load(
             name=EXTENSION_NAME,
             sources=[str(SOURCE)],
             # -fopenmp: at::parallel_for is inline OpenMP, serial without it
@@ -58,6 +59,7 @@ def load_kernel() -> ModuleType | None:
     except (RuntimeError, OSError, ImportError) as exc:  # no compiler, no ninja, build error
         log.warning("narrow linear kernel unavailable (%s): stock linear layers", exc)
         return None
+    return kernel
 
 
 def _put_ninja_on_path() -> None:
@@ -66,7 +68,7 @@ def _put_ninja_on_path() -> None:
     if shutil.which("ninja") is not None:
         return
     try:
-        import ninja  # type: ignore[import-untyped]
+        import ninja
     except ImportError:
         return
     os.environ["PATH"] = os.pathsep.join([str(ninja.BIN_DIR), os.environ.get("PATH", "")])
@@ -83,6 +85,10 @@ class NarrowLinear(nn.Module):
     outputs are fp32 either way.
     """
 
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    packed: torch.Tensor  # non-persistent buffer
+
     def __init__(
         self,
         linear: nn.Module,
@@ -98,7 +104,7 @@ class NarrowLinear(nn.Module):
         if not bf16 and weight.dtype != torch.float32:
             raise ValueError("the fp32 kernel needs an fp32 layer")
         self.weight = weight
-        self.bias = linear.bias
+        self.bias = cast("torch.Tensor | None", linear.bias)  # a Linear's bias: a tensor or None
         self.in_features = int(weight.shape[1])
         self.out_features = int(weight.shape[0])
         self.kernel = kernel
@@ -115,6 +121,7 @@ class NarrowLinear(nn.Module):
         ):
             return functional.linear(x, self.weight, self.bias)
         flat = x.reshape(rows, self.in_features)
+        y: torch.Tensor
         if self.bf16:
             y = self.kernel.narrow_linear_bf16(flat, self.packed, self.out_features)
         else:

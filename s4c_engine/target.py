@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ class Target:
     """A loaded causal LM plus the few facts the decoder needs about it."""
 
     def __init__(self, model: nn.Module) -> None:
-        config = model.config  # type: ignore[union-attr]
+        config: Any = model.config  # a transformers PretrainedConfig
         layer_types = getattr(config, "layer_types", None) or []
         if any(t != "full_attention" for t in layer_types):
             raise ValueError(
@@ -41,8 +42,8 @@ class Target:
             raise ValueError("models with final logit soft-capping are not supported")
         self.model = model
         self.config = config
-        self.decoder = model.base_model  # type: ignore[union-attr]
-        self.lm_head = model.get_output_embeddings()  # type: ignore[operator]
+        self.decoder = cast(nn.Module, model.base_model)  # the decoder body (HF base model)
+        self.lm_head: nn.Module = model.get_output_embeddings()  # type: ignore[operator]
         first = next(model.parameters())
         self.device = first.device
         self.dtype = first.dtype
@@ -56,7 +57,7 @@ class Target:
         for handle in self._hooks:
             handle.remove()
         self._hooks, self._captured = [], {}
-        decoder_layers = self.decoder.layers
+        decoder_layers = cast(nn.ModuleList, self.decoder.layers)
         for i in layers:
             if not 0 <= i < len(decoder_layers):
                 raise ValueError(f"the target has no decoder layer {i}")
@@ -82,7 +83,9 @@ class Target:
         through `narrow_linear` (ignored where the kernel cannot run)."""
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(
+        # typed as nn.Module: transformers wraps PreTrainedModel.to with functools.wraps,
+        # which mypy cannot bind as a method
+        model: nn.Module = AutoModelForCausalLM.from_pretrained(
             str(model_dir), dtype=DTYPES[dtype], attn_implementation="sdpa"
         )
         model = model.to(device).eval()
@@ -138,7 +141,7 @@ class Target:
             cache=cache,
             use_cache=True,
         )
-        hidden = out.last_hidden_state  # (B, T, D)
+        hidden: torch.Tensor = out.last_hidden_state  # (B, T, D)
         if self.feature_layers:
             parts = [hidden, *(self._captured.pop(i) for i in self.feature_layers)]
             hidden = torch.cat(parts, -1)  # (B, T, F)
@@ -148,4 +151,5 @@ class Target:
         """Target logits (..., V) from features (..., F) (their first D columns)."""
         d = self.config.hidden_size
         last = features[..., :d] if self.feature_layers else features
-        return self.lm_head(last)
+        logits: torch.Tensor = self.lm_head(last)
+        return logits

@@ -33,7 +33,8 @@ class Generated:
 
 
 class MethodRunner(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def run(self, prompts: list[list[int]]) -> list[Generated]: ...
 

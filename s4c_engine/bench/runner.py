@@ -112,7 +112,8 @@ def load_methods(config: BenchConfig, methods: Sequence[str]) -> Loaded:
     eos = frozenset(codec.eos_token_ids)
     dtype = getattr(torch, config.dtype)
     model = AutoModelForCausalLM.from_pretrained(str(config.model_dir), dtype=dtype)
-    model.to(config.device).eval()
+    # transformers wraps PreTrainedModel.to with functools.wraps, which mypy binds as unbound
+    model.to(config.device).eval()  # type: ignore[arg-type]
     pad = model.generation_config.pad_token_id
     pad_id = int(pad if pad is not None else min(eos))
     m = config.max_new_tokens

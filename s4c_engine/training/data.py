@@ -139,7 +139,7 @@ def _positions(rec: dict[str, object]) -> int:
     """Stored positions of a record: j in [start, len(prompt) + len(answer) - 1). Records
     without "start" hold answer positions only (j from len(prompt) - 1)."""
     prompt = len(rec["prompt_ids"])  # type: ignore[arg-type]
-    start = int(rec.get("start", prompt - 1))  # type: ignore[call-overload]
+    start: int = int(rec.get("start", prompt - 1))  # type: ignore[call-overload]
     return prompt + len(rec["answer_ids"]) - 1 - start  # type: ignore[arg-type]
 
 

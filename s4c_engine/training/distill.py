@@ -137,7 +137,7 @@ class FeatureRecorder:
         kept = [hidden[b, self.starts[r] : n] for b, (r, n) in enumerate(zip(requests, lengths))]
         flat = torch.cat(kept)  # (M, F)
         values, ids = [], []
-        for chunk in flat.split(2048):  # bounded (chunk, V) logits
+        for chunk in flat.split(2048):  # type: ignore[no-untyped-call]  # bounded (chunk, V) logits
             v, i = self.target.logits(chunk).float().topk(self.top_k, dim=-1)
             values.append(v)
             ids.append(i)
@@ -160,9 +160,10 @@ class FeatureRecorder:
         values: torch.Tensor,
         ids: torch.Tensor,
     ) -> None:
-        h = hidden.to(torch.float16).cpu().split(counts)
-        v = values.to(torch.float16).cpu().split(counts)
-        i = ids.to(torch.int32).cpu().split(counts)
+        # torch leaves Tensor.split unannotated
+        h = hidden.to(torch.float16).cpu().split(counts)  # type: ignore[no-untyped-call]
+        v = values.to(torch.float16).cpu().split(counts)  # type: ignore[no-untyped-call]
+        i = ids.to(torch.int32).cpu().split(counts)  # type: ignore[no-untyped-call]
         for r, hr, vr, ir in zip(requests, h, v, i):
             self.hidden[r].append(hr)
             self.values[r].append(vr)

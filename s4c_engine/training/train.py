@@ -255,7 +255,8 @@ def head_losses(
             raise ValueError("heads with context attention train on sample batches")
         keys, values = heads.context_entries(
             batch.context_hidden,
-            batch.context_tokens,
+            # set together with context_hidden and context_mask (checked above)
+            batch.context_tokens,  # type: ignore[arg-type]
             batch.context_next,  # type: ignore[arg-type]
         )
         context = heads.context.with_sink(
@@ -373,7 +374,8 @@ def batch_indices(eligible: torch.Tensor, step: int, config: TrainConfig) -> tor
 def _context_start(config: TrainConfig) -> int:
     """Where the distilled samples' stored positions begin (the chat template's common
     header is not stored): context entries start there at inference too."""
-    return min(int(r.get("start", 0)) for r in read_index(config.data_dir))  # type: ignore[call-overload]
+    start: int = min(int(r.get("start", 0)) for r in read_index(config.data_dir))  # type: ignore[call-overload]
+    return start
 
 
 def _init_from(
@@ -433,7 +435,8 @@ def train_heads(config: TrainConfig) -> TrainResult:
     num_samples = splits.train.num_samples + splits.val.num_samples
     model = AutoModelForCausalLM.from_pretrained(str(config.model_dir), dtype=torch.float32)
     model.requires_grad_(False)
-    model.to(config.device)
+    # transformers wraps PreTrainedModel.to with functools.wraps, which mypy binds as unbound
+    model.to(config.device)  # type: ignore[arg-type]
     eos = model.generation_config.eos_token_id
     eos_ids = (eos,) if isinstance(eos, int) else tuple(eos or ())
     head_config = HeadConfig.for_target(
@@ -532,7 +535,7 @@ def train_heads(config: TrainConfig) -> TrainResult:
             out = head_losses(heads, batch, config.noise, noise_gen)
             loss = (weights * (out.ce.float() + config.feature_weight * out.feature.float())).sum()
         optim.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
         optim.step()
         sched.step()

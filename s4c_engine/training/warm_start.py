@@ -9,7 +9,10 @@ left as they are.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
+from torch import nn
 
 from s4c_engine.heads import DraftHeads, fusion_input
 from s4c_engine.training.data import PositionData
@@ -47,7 +50,9 @@ def least_squares_projection(
         gram += x.T @ x
         cross += x.T @ y
     scale = gram.diagonal().mean() * ridge
-    solution = torch.linalg.solve(gram + scale * torch.eye(size, dtype=torch.float64), cross)
+    solution: torch.Tensor = torch.linalg.solve(
+        gram + scale * torch.eye(size, dtype=torch.float64), cross
+    )
     return solution.T.float()  # (D, size)
 
 
@@ -65,10 +70,11 @@ def warm_start(
     generator = torch.Generator().manual_seed(seed)
     d = heads.config.hidden_size
     extra = heads.config.feature_size - d
-    for i, proj in enumerate(heads.input_proj):
+    for i, module in enumerate(heads.input_proj):
+        proj = cast(nn.Linear, module)
         weight = least_squares_projection(heads, data, i, max_positions, ridge, generator)
         weight = weight.to(proj.weight.device, proj.weight.dtype)
         with torch.no_grad():  # columns [h_t | fused layers | path] -> input_proj and fuse
             proj.weight.copy_(torch.cat([weight[:, :d], weight[:, d + extra :]], 1))
             if extra:
-                heads.fuse[i].weight.copy_(weight[:, d : d + extra])
+                cast(nn.Linear, heads.fuse[i]).weight.copy_(weight[:, d : d + extra])
