@@ -11,9 +11,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GenerationConfig, LlamaForCausalLM
 
+from s4c_engine.config import SamplingParams
+from s4c_engine.decoding import DecodeRequest, decode_batch
+from s4c_engine.drafting import TreeShape
 from s4c_engine.errors import HeadsMismatchError
 from s4c_engine.heads import DraftHeads
+from s4c_engine.stopping import StopRule
 from s4c_engine.target import Target
+from s4c_engine.tree_policy import TreePolicy
 from s4c_engine.training.data import build_draft_vocab, load_splits
 from s4c_engine.training.distill import (
     EncodedPrompt,
@@ -354,3 +359,43 @@ def test_fused_heads_in_the_old_layout_are_refused(
     model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     with pytest.raises(HeadsMismatchError, match="old layout"):
         DraftHeads.load(result.heads_dir, model, "tiny-llama")
+
+
+def test_context_heads_gain_fused_layers_and_decode_exactly_with_them(
+    tiny_model_dir: Path, distilled_dir: Path, tmp_path: Path
+) -> None:
+    """The shipped heads' next stage in small: heads with context attention gain fused layers
+    (and a wider vocabulary); they train, load, and greedy decoding with them equals plain."""
+    ctx = {"context_heads": 2, "context_head_dim": 8}
+    first = train_heads(
+        replace(
+            _config(tiny_model_dir, distilled_dir, tmp_path / "one", "s4c", **ctx),
+            draft_vocab_size=32,
+        )
+    )
+    result = train_heads(
+        replace(
+            _config(tiny_model_dir, distilled_dir, tmp_path / "two", "s4c", **ctx),
+            feature_layers=(0,),
+            init_heads=first.heads_dir,
+            init_lr_scale=0.1,
+            draft_vocab_size=48,
+        )
+    )
+    assert result.history[0].step == 0 and result.evaluation.step == 40
+    target = Target.load(tiny_model_dir)
+    heads = DraftHeads.load(result.heads_dir, target.model, "tiny-llama").eval()
+    assert heads.config.feature_layers == (0,) and heads.config.draft_vocab_size == 48
+    prompts = [[5, 9, 11, 5, 9], [7, 3, 4, 8, 6, 7, 3]]
+    requests = [
+        DecodeRequest(tuple(p), SamplingParams(max_tokens=20), StopRule(frozenset({EOS}), 20))
+        for p in prompts
+    ]
+    shape = TreeShape(nodes=8, depth=3, top_k=2, lookup=2)
+    plain = decode_batch(target, requests)
+    spec = decode_batch(target, requests, heads=heads, policy=TreePolicy(((4, shape),)))
+    assert [o.token_ids for o in spec] == [o.token_ids for o in plain]
+    assert target.feature_layers == (0,)
+    assert sum(o.stats.target_forwards for o in spec) <= sum(
+        o.stats.target_forwards for o in plain
+    )
