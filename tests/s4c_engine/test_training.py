@@ -18,7 +18,6 @@ from s4c_engine.errors import HeadsMismatchError
 from s4c_engine.heads import DraftHeads
 from s4c_engine.stopping import StopRule
 from s4c_engine.target import Target
-from s4c_engine.tree_policy import TreePolicy
 from s4c_engine.training.data import build_draft_vocab, load_splits
 from s4c_engine.training.distill import (
     EncodedPrompt,
@@ -28,6 +27,7 @@ from s4c_engine.training.distill import (
 )
 from s4c_engine.training.prompts import TrainPrompt, balanced_mix
 from s4c_engine.training.train import TrainConfig, train_heads
+from s4c_engine.tree_policy import TreePolicy
 from tests.model_fixtures import tiny_model
 
 VOCAB = 96
@@ -396,6 +396,4 @@ def test_context_heads_gain_fused_layers_and_decode_exactly_with_them(
     spec = decode_batch(target, requests, heads=heads, policy=TreePolicy(((4, shape),)))
     assert [o.token_ids for o in spec] == [o.token_ids for o in plain]
     assert target.feature_layers == (0,)
-    assert sum(o.stats.target_forwards for o in spec) <= sum(
-        o.stats.target_forwards for o in plain
-    )
+    assert sum(o.stats.target_forwards for o in spec) <= sum(o.stats.target_forwards for o in plain)
