@@ -157,6 +157,7 @@ def decode_batch(
     adaptive: bool = True,
     observer: PositionObserver | None = None,
     datastore: AnswerDatastore | None = None,
+    tuner: TreeTuner | None = None,
 ) -> list[DecodeOutput]:
     """Generate for all requests; outputs in request order.
 
@@ -166,7 +167,10 @@ def decode_batch(
     TreeTuner pick smaller trees or plain steps where they give more tokens/s. Greedy
     output is identical either way; sampled output has the same distribution. `observer`
     sees the target's features at every committed position. `datastore` (policies with
-    lookup): a second lookup chain per row, from the target's own earlier answers.
+    lookup): a second lookup chain per row, from the target's own earlier answers. `tuner`
+    (for `policy`): what earlier calls measured, so a caller decoding many small calls (one
+    request at a time) does not pay the candidates' exploration in every call; default a
+    fresh one.
     """
     rows = [_Row(r, PositionUniforms.for_params(r.params)) for r in requests]
     layers = heads.config.feature_layers if heads is not None else ()
@@ -181,7 +185,10 @@ def decode_batch(
     static = _compile_static(policy, target.device)
     waiting = deque(range(len(rows)))
     batch = _Batch()
-    tuner = TreeTuner(policy)
+    if tuner is None:
+        tuner = TreeTuner(policy)
+    elif tuner.policy != policy:
+        raise ValueError("the tuner was made for another tree policy")
     with torch.inference_mode():
         while batch.live or waiting:
             if should_stop is not None and should_stop():

@@ -28,7 +28,7 @@ from s4c_engine.heads import DraftHeads
 from s4c_engine.prompting import PromptCodec, read_model_info
 from s4c_engine.stopping import StopRule, cut_at_stop_string
 from s4c_engine.target import DTYPES, Target
-from s4c_engine.tree_policy import CPU_POLICY, GPU_POLICY, PLAIN_POLICY, TreePolicy
+from s4c_engine.tree_policy import CPU_POLICY, GPU_POLICY, PLAIN_POLICY, TreePolicy, TreeTuner
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ class Engine:
         self.policy = policy
         self.max_batch_size = max_batch_size
         self.datastore = datastore
+        # What the TreeTuner measured in earlier calls: one call per request (the bench at
+        # batch 1, small chunks) would otherwise spend its first steps trying every candidate
+        # tree and choose from a handful of noisy steps.
+        self._tuners: dict[TreePolicy, TreeTuner] = {}
 
     @classmethod
     def load(
@@ -171,6 +175,7 @@ class Engine:
             should_stop=should_stop,
             max_batch_size=self.max_batch_size,
             datastore=self.datastore if speculative else None,
+            tuner=self._tuners.setdefault(policy, TreeTuner(policy)) if speculative else None,
         )
         outputs = dict(zip(order, results))
         return [self._result(outputs[i], params[i]) for i in range(len(requests))]

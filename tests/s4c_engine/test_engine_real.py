@@ -96,6 +96,10 @@ def test_shipped_heads_with_an_answer_datastore_stay_exact(
         forwards["without"] += without.stats.target_forwards
     # Knowing the answers, the datastore's chains are accepted: far fewer target forwards.
     assert forwards["with"] < forwards["without"], forwards
+    # The engine keeps what its tree tuner measured from call to call (one tuner per policy).
+    assert list(default._tuners) == [default.policy]
+    assert default._tuners[default.policy].step >= forwards["without"] - len(_prompts())
+    assert default.heads.config.feature_layers and default.target.feature_layers
     medusa = Engine.load(DEFAULT_MODEL_DIR, method="medusa", datastore_path=tmp_path / "ds")
     assert medusa.datastore is None  # the Medusa-1 baseline drafts from its heads alone
 
