@@ -26,11 +26,13 @@ from worker.lease_guard import CANCEL_CHECK_SECONDS
 from worker.sweep import sweep_once
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def engine(worker_model_dir: Path, worker_heads_dir: Path) -> Any:
     """The tiny model with (untrained) S4C draft heads: speculative decoding for real. Its
     tree policy has no probability floor (the CPU table's floors would prune every node of
-    these random heads), so the first step of a batch drafts for sure."""
+    these random heads), so the engine's first step drafts for sure. One engine per test:
+    an engine keeps what its tree tuner measured across calls, and after an earlier test
+    it may rightly prefer plain steps for these heads."""
     from s4c_engine.drafting import TreeShape
     from s4c_engine.engine import Engine
     from s4c_engine.tree_policy import TreePolicy
