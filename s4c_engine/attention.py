@@ -8,6 +8,8 @@ inside the committed prefix: the cache keeps rows packed from slot 0 (see kv_cac
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -53,3 +55,61 @@ def right_pad(
         ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     return ids.to(device), lengths.to(device)
+
+
+# ---- the attention function the target runs with --------------------------------------------
+
+GQA_SDPA = "s4c_gqa_sdpa"
+
+# Arguments some models pass that only transformers' own SDPA path knows how to apply.
+_HF_ONLY_ARGUMENTS = ("softcap", "sliding_window", "position_bias", "s_aux", "sinks")
+
+
+def gqa_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,  # what each model family passes on (transformers types them loosely)
+) -> tuple[torch.Tensor, None]:
+    """SDPA over grouped K/V heads in place, for a step with a ready 4-D mask.
+
+    transformers' SDPA path copies every layer's whole K/V with `repeat_kv` whenever a step
+    feeds more than one query token with a mask (every tree verification): on a 2-core CPU
+    that copy cost about as much as the attention itself (SmolLM2-135M: a 12-node forward 48
+    -> 43 ms). Here the grouped heads go to SDPA as they are (`enable_gqa`). query (B, H, T,
+    d), key/value (B, H_kv, S, d); returns (B, T, H, d) like transformers' functions. Calls
+    this path does not cover (no mask: causal prefill; soft-capping, sliding windows, sinks,
+    position biases; dropout) go to transformers' own SDPA function unchanged.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if (
+        attention_mask is None
+        or dropout
+        or any(kwargs.get(name) is not None for name in _HF_ONLY_ARGUMENTS)
+    ):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        scale=scaling,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> str:
+    """Register `gqa_sdpa_attention` with transformers (idempotent); returns its name, to pass
+    as `attn_implementation` (the public AttentionInterface: no modeling code is forked)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(GQA_SDPA, gqa_sdpa_attention)
+    return GQA_SDPA

@@ -14,6 +14,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from s4c_engine.attention import register_attention
 from s4c_engine.kv_cache import RowKVCache
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,18 +79,23 @@ class Target:
         dtype: str = "float32",
         narrow_kernels: bool = False,
     ) -> Target:
-        """Load a HF causal-LM directory with SDPA attention, in eval mode. narrow_kernels:
-        an fp32 CPU model runs its products of 1..32 rows (decoding steps, tree verification)
-        through `narrow_linear` (ignored where the kernel cannot run)."""
+        """Load a HF causal-LM directory with SDPA attention, in eval mode. On the CPU the
+        attention is `attention.gqa_sdpa_attention` (grouped K/V heads without copies; what
+        it does not cover goes to transformers' SDPA). narrow_kernels: an fp32 CPU model runs
+        its products of 1..32 rows (decoding steps, tree verification) through
+        `narrow_linear` (ignored where the kernel cannot run)."""
         from transformers import AutoModelForCausalLM
 
+        on_cpu = torch.device(device).type == "cpu"
         # typed as nn.Module: transformers wraps PreTrainedModel.to with functools.wraps,
         # which mypy cannot bind as a method
         model: nn.Module = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=DTYPES[dtype], attn_implementation="sdpa"
+            str(model_dir),
+            dtype=DTYPES[dtype],
+            attn_implementation=register_attention() if on_cpu else "sdpa",
         )
         model = model.to(device).eval()
-        if narrow_kernels and torch.device(device).type == "cpu" and dtype == "float32":
+        if narrow_kernels and on_cpu and dtype == "float32":
             from s4c_engine.narrow_linear import load_kernel, use_narrow_linears
 
             kernel = load_kernel()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from s4c_engine import decoding
+from s4c_engine.attention import GQA_SDPA, register_attention
 from s4c_engine.config import SamplingParams
 from s4c_engine.context_memory import RowContext
 from s4c_engine.decoding import DecodeOutput, DecodeRequest, decode_batch
@@ -97,6 +98,23 @@ def test_heads_on_fused_layer_features_are_exact(arch: str) -> None:
     assert target.feature_layers == (0, 1)
     assert _ids(decode_batch(target, _requests(PROMPTS))) == plain
     assert target.feature_layers == ()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cpu_attention_decodes_what_transformers_generates(arch: str) -> None:
+    """The attention `Target.load` gives CPU models (grouped K/V heads without copies): plain
+    and speculative greedy decoding both equal HF generate on the stock model."""
+    stock = tiny_model(arch)
+    expected = [_hf_greedy(stock, p, 24) for p in PROMPTS]
+    model = tiny_model(arch)
+    model.set_attn_implementation(register_attention())
+    assert model.config._attn_implementation == GQA_SDPA
+    target = Target(model)
+    heads = random_heads(model, "s4c")
+    assert _ids(decode_batch(target, _requests(PROMPTS))) == expected
+    spec = decode_batch(target, _requests(PROMPTS), heads=heads, policy=DYNAMIC, adaptive=False)
+    assert _ids(spec) == expected
+    assert max(o.stats.tau for o in spec) > 1.2
 
 
 def test_identity_start_heads_are_exact_too() -> None:
@@ -199,14 +217,18 @@ def test_should_stop_cancels_unfinished_rows() -> None:
     assert all(0 < len(o.token_ids) < 20 for o in outs)
 
 
-def test_tree_masked_logits_equal_sequential_logits() -> None:
-    """One verify forward over a tree == running each root-to-node path sequentially."""
+@pytest.mark.parametrize("attention", ["sdpa", GQA_SDPA])
+def test_tree_masked_logits_equal_sequential_logits(attention: str) -> None:
+    """One verify forward over a tree == running each root-to-node path sequentially through
+    the stock model (transformers' SDPA), with either attention function in the tree pass."""
     from s4c_engine.attention import build_step_mask
     from s4c_engine.kv_cache import RowKVCache
     from s4c_engine.tree import TreeBuffers, compile_tree
     from s4c_engine.verification import verify
 
     model = tiny_model("qwen2")
+    stock = tiny_model("qwen2")
+    model.set_attn_implementation(register_attention() if attention == GQA_SDPA else attention)
     target = Target(model)
     tree = compile_tree(STATIC_SPEC)
     prompts = [[1, 5, 9, 3], [2, 6]]
@@ -235,7 +257,7 @@ def test_tree_masked_logits_equal_sequential_logits() -> None:
             for node in range(tree.num_nodes):
                 path = [n for n in range(tree.num_nodes) if tree.ancestors[node, n]]
                 seq = p + tokens[b, path].tolist()
-                want = model(torch.tensor([seq])).logits[0, -1]
+                want = stock(torch.tensor([seq])).logits[0, -1]
                 torch.testing.assert_close(got[b, node], want, atol=1e-4, rtol=1e-4)
 
 

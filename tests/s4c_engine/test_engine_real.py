@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from s4c_engine.attention import GQA_SDPA
 from s4c_engine.config import ChatMessage, Prompt, SamplingParams
 from s4c_engine.engine import Engine
 from s4c_engine.errors import HeadsMismatchError, PromptError
@@ -40,18 +41,27 @@ def engine() -> Engine:
 
 @pytest.fixture(scope="module")
 def hf_greedy(engine: Engine) -> list[list[int]]:
+    """Greedy tokens of the stock model: transformers' SDPA and linear layers (the engine's
+    target runs our attention function and few-row kernels on the CPU)."""
+    from transformers import AutoModelForCausalLM
+
+    stock = AutoModelForCausalLM.from_pretrained(
+        str(DEFAULT_MODEL_DIR), dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
     out = []
     for q in QUESTIONS:
         ids = engine.codec.encode(Prompt(messages=(ChatMessage("user", q),)))
-        gen = engine.target.model.generate(
-            torch.tensor([ids]), max_new_tokens=MAX_TOKENS, do_sample=False
-        )
+        gen = stock.generate(torch.tensor([ids]), max_new_tokens=MAX_TOKENS, do_sample=False)
         out.append(gen[0, len(ids) :].tolist())
     return out
 
 
 def _prompts() -> list[Prompt]:
     return [Prompt(messages=(ChatMessage("user", q),)) for q in QUESTIONS]
+
+
+def test_cpu_target_runs_the_grouped_attention(engine: Engine) -> None:
+    assert engine.target.config._attn_implementation == GQA_SDPA
 
 
 def test_plain_greedy_equals_transformers(engine: Engine, hf_greedy: list[list[int]]) -> None:
