@@ -2,21 +2,23 @@
 
 Verifying B x N tokens is nearly free only while the target forward is memory- or
 overhead-bound; past that, speculation costs more than it saves. CPU: on the 2-core Xeon
-(Sapphire Rapids) dev VM, fp32 with the narrow linear kernel, KV 300, two threads, a forward
-of the default model costs (ms; rows = batch size, columns = tokens per row 1/2/4/8/16/32):
-B=1 33/34/36/42/54/73, B=2 33/38/44/54/75/133, B=4 37/52/61/80/131/201, B=8 48/71/90/141/211/450
-(`python -m s4c_engine.calibration`). Past about 16 rows the CPU is compute-bound, so a batch
-of 8 gains nothing from drafting. So the CPU table keeps trees small, drops head nodes the
-heads are unsure of (`min_prob`: a step with nothing likely is a plain step) and adds a
-context-lookup chain, which costs nothing to draft and adds nodes only when the row's context
-has a match. Chosen by `python -m s4c_engine.calibration --sweep` on 12-16 held-out training
-prompts (never Spec-Bench), fixed trees, 96 tokens, with the shipped heads: B=1 12 nodes
-(lookup 6, floor 0.1) 1.95x plain decoding vs 1.80x for the earlier 8 nodes; B=2 8 nodes
-1.52x; B=4 6 nodes 1.16x; B=8 every tree lost to plain decoding (4 nodes 0.94x, lookup alone
-0.80x), so batches above 4 decode plainly (with the 4-node tree as a candidate up to 8 rows,
-the Spec-Bench batch-8 run was 6% slower than plain decoding). GPUs verify far wider trees
-for free, hence the larger GPU table. The table is an upper bound: `TreeTuner` measures
-tokens/s of the candidates during decoding and runs the best (down to plain decoding).
+(Sapphire Rapids) dev VM, fp32 with the narrow linear kernel (prefetching) and the grouped
+attention, KV 300, two threads, a forward of the default model costs (ms; rows = batch size,
+columns = tokens per row 1/2/4/8/16/32): B=1 30/30/33/38/46/62, B=2 31/33/36/46/63/118, B=4
+35/37/48/65/119/180, B=8 43/52/68/123/183/342 (`python -m s4c_engine.calibration`). Past
+about 16 rows the CPU is compute-bound, so large batches gain little from drafting. So the
+CPU table keeps trees small, drops head nodes the heads are unsure of (`min_prob`: a step
+with nothing likely is a plain step) and adds a context-lookup chain, which costs nothing to
+draft and adds nodes only when the row's context has a match. Chosen by `python -m
+s4c_engine.calibration --sweep` on 14-16 held-out training prompts (never Spec-Bench), fixed
+trees, 96 tokens, stage-4 heads, each batch size's candidates interleaved in one run: B=1 16
+nodes (top-3, lookup 6, floor 0.05) 2.11x plain decoding vs 2.02x for the earlier 12 nodes
+(top-2, floor 0.1; 24 nodes 1.97x); B=2 8 nodes 1.65x (10 and 12 nodes the same within
+noise); B=4 6 nodes 1.33x (8 nodes 1.29x); B=8 4 nodes 1.05x (before the kernel prefetched
+and the attention stopped copying K/V, every B=8 tree lost to plain decoding), so batches
+above 8 decode plainly. GPUs verify far wider trees for free, hence the larger GPU table.
+The table is an upper bound: `TreeTuner` measures tokens/s of the candidates during decoding
+and runs the best (down to plain decoding).
 """
 
 from __future__ import annotations
@@ -66,9 +68,10 @@ class TreePolicy:
 
 CPU_POLICY = TreePolicy(
     (
-        (1, TreeShape(nodes=12, depth=4, top_k=2, lookup=6, min_prob=0.1)),
+        (1, TreeShape(nodes=16, depth=4, top_k=3, lookup=6, min_prob=0.05)),
         (2, TreeShape(nodes=8, depth=4, top_k=2, lookup=3, min_prob=0.2)),
         (4, TreeShape(nodes=6, depth=3, top_k=2, lookup=2, min_prob=0.25)),
+        (8, TreeShape(nodes=4, depth=3, top_k=2, lookup=1, min_prob=0.3)),
     )
 )
 
