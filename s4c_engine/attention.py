@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 
 def build_step_mask(
@@ -85,8 +87,6 @@ def gqa_sdpa_attention(
     this path does not cover (no mask: causal prefill; soft-capping, sliding windows, sinks,
     position biases; dropout) go to transformers' own SDPA function unchanged.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if (
         attention_mask is None
         or dropout
@@ -109,7 +109,5 @@ def gqa_sdpa_attention(
 def register_attention() -> str:
     """Register `gqa_sdpa_attention` with transformers (idempotent); returns its name, to pass
     as `attn_implementation` (the public AttentionInterface: no modeling code is forked)."""
-    from transformers import AttentionInterface
-
     AttentionInterface.register(GQA_SDPA, gqa_sdpa_attention)
     return GQA_SDPA
